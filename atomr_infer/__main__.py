@@ -1,0 +1,3 @@
+from atomr_infer._cli import main
+
+raise SystemExit(main())

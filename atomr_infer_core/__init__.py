@@ -1,0 +1,137 @@
+"""atomr-infer core: pure values and contracts (attrs, cattrs and the stdlib only).
+
+Nothing here imports trio, httpx, quart, torch or onnxruntime; a test proves it.
+"""
+
+from __future__ import annotations
+
+from . import errors as errors
+from ._deployment import (
+    Budget as Budget,
+    BudgetAction as BudgetAction,
+    CapacityPolicy as CapacityPolicy,
+    CircuitBreakerConfig as CircuitBreakerConfig,
+    ClusterConfig as ClusterConfig,
+    Config as Config,
+    Deployment as Deployment,
+    JitterKind as JitterKind,
+    RateLimits as RateLimits,
+    Replica as Replica,
+    RetryPolicy as RetryPolicy,
+    Seconds as Seconds,
+    Serving as Serving,
+    StateBackendKind as StateBackendKind,
+    StateConfig as StateConfig,
+    Timeouts as Timeouts,
+)
+from ._kinds import (
+    ProviderKind as ProviderKind,
+    RuntimeKind as RuntimeKind,
+    TransportKind as TransportKind,
+    infer_runtime as infer_runtime,
+    register_model_patterns as register_model_patterns,
+    unregister_model_patterns as unregister_model_patterns,
+)
+from ._messages import (
+    ContentPart as ContentPart,
+    ExecuteBatch as ExecuteBatch,
+    ImageBase64Part as ImageBase64Part,
+    ImageUrlPart as ImageUrlPart,
+    Message as Message,
+    Priority as Priority,
+    RequestKind as RequestKind,
+    Role as Role,
+    SamplingParams as SamplingParams,
+    TextPart as TextPart,
+    estimate_tokens as estimate_tokens,
+)
+from ._plugin import (
+    RunnerContext as RunnerContext,
+    RuntimePlugin as RuntimePlugin,
+    hookimpl as hookimpl,
+)
+from ._pricing import ModelPrice as ModelPrice, PriceTable as PriceTable
+from ._runner import (
+    ModelRunner as ModelRunner,
+    RunHandle as RunHandle,
+    SessionRebuildCause as SessionRebuildCause,
+)
+from ._secret import Secret as Secret
+from ._tokens import (
+    Choice as Choice,
+    FinishReason as FinishReason,
+    TokenChunk as TokenChunk,
+    Tokens as Tokens,
+    TokensBuilder as TokensBuilder,
+    TokenUsage as TokenUsage,
+)
+from .errors import ConfigError as ConfigError, InferenceError as InferenceError
+
+__all__ = [
+    "Budget",
+    "BudgetAction",
+    "CapacityPolicy",
+    "Choice",
+    "CircuitBreakerConfig",
+    "ClusterConfig",
+    "Config",
+    "ConfigError",
+    "ContentPart",
+    "Deployment",
+    "ExecuteBatch",
+    "FinishReason",
+    "ImageBase64Part",
+    "ImageUrlPart",
+    "InferenceError",
+    "JitterKind",
+    "Message",
+    "ModelPrice",
+    "ModelRunner",
+    "PriceTable",
+    "Priority",
+    "ProviderKind",
+    "RateLimits",
+    "Replica",
+    "RequestKind",
+    "RetryPolicy",
+    "Role",
+    "RunHandle",
+    "RunnerContext",
+    "RuntimeKind",
+    "RuntimePlugin",
+    "SamplingParams",
+    "Seconds",
+    "Secret",
+    "Serving",
+    "SessionRebuildCause",
+    "StateBackendKind",
+    "StateConfig",
+    "TextPart",
+    "Timeouts",
+    "TokenChunk",
+    "TokenUsage",
+    "Tokens",
+    "TokensBuilder",
+    "TransportKind",
+    "errors",
+    "estimate_tokens",
+    "hookimpl",
+    "infer_runtime",
+    "register_model_patterns",
+    "unregister_model_patterns",
+]
+
+
+def _fixup_module_metadata() -> None:
+    import attrs
+
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) and obj.__module__.startswith(__name__ + "._"):
+            if attrs.has(obj):
+                attrs.resolve_types(obj)  # while the defining module's globals still apply
+            obj.__module__ = __name__
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata

@@ -1,0 +1,56 @@
+"""attrs validators whose errors name the field, so config errors can name its path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+__all__ = ["FieldValueError", "at_least", "between", "greater_than", "optional"]
+
+
+class FieldValueError(ValueError):
+    """A field's value is out of range. ``field`` is the attribute name."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.detail = message
+        super().__init__(f"{field}: {message}")
+
+
+def _fmt(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def at_least(low: float) -> Any:
+    def check(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value < low:
+            raise FieldValueError(attr.name, f"must be >= {_fmt(low)} (got {_fmt(value)})")
+
+    return check
+
+
+def greater_than(low: float) -> Any:
+    def check(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value <= low:
+            raise FieldValueError(attr.name, f"must be > {_fmt(low)} (got {_fmt(value)})")
+
+    return check
+
+
+def between(low: float, high: float) -> Any:
+    def check(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if not low <= value <= high:
+            raise FieldValueError(
+                attr.name, f"must be between {_fmt(low)} and {_fmt(high)} (got {_fmt(value)})"
+            )
+
+    return check
+
+
+def optional(check: Any) -> Any:
+    def wrapped(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            check(inst, attr, value)
+
+    return wrapped
