@@ -32,6 +32,7 @@ from ._kinds import (
     register_model_patterns as register_model_patterns,
     unregister_model_patterns as unregister_model_patterns,
 )
+from ._local import SequenceOutput as SequenceOutput, StepModel as StepModel
 from ._messages import (
     ContentPart as ContentPart,
     ExecuteBatch as ExecuteBatch,
@@ -100,6 +101,8 @@ __all__ = [
     "RuntimeKind",
     "RuntimePlugin",
     "SamplingParams",
+    "SequenceOutput",
+    "StepModel",
     "Seconds",
     "Secret",
     "Serving",
