@@ -53,6 +53,8 @@ class RuntimePlugin:
         model_patterns: glob patterns of model names it claims for ``infer_runtime``.
         prices: its price table (empty for local runtimes).
         package: the distribution to ``pip install`` for it.
+        default_deployments: deployments ``serve`` runs when started with no config
+            (local runtimes use it for the embedded default; remote ones leave it empty).
     """
 
     name: RuntimeKind = attrs.field(converter=_kind)
@@ -63,6 +65,7 @@ class RuntimePlugin:
     prices: PriceTable = attrs.Factory(PriceTable)
     package: str = ""
     description: str = ""
+    default_deployments: tuple[Deployment, ...] = attrs.field(default=(), converter=tuple)
 
     def structure_config(self, raw: Mapping[str, Any], *, path: str = "runtime_config") -> Any:
         """Structure a deployment's raw ``runtime_config`` into ``config_class``."""

@@ -1,0 +1,3 @@
+"""Entry point of the testkit plugin: registers the ``mock`` runtime."""
+
+from __future__ import annotations
