@@ -263,7 +263,7 @@ def test_single_table_instead_of_array() -> None:
 def test_bad_toml_is_reported_with_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[cluster\nname = 1")
-    with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
+    with pytest.raises(ConfigError, match=r"bad\.toml is not valid TOML"):
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml")

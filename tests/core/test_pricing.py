@@ -70,5 +70,5 @@ def test_worst_case_bounds_the_real_cost(
 
 
 def test_negative_prices_are_rejected() -> None:
-    with pytest.raises(ValueError, match="input_per_mtok: must be >= 0.0"):
+    with pytest.raises(ValueError, match=r"input_per_mtok: must be >= 0\.0"):
         ModelPrice(input_per_mtok=-1, output_per_mtok=0)

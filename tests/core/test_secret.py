@@ -19,7 +19,7 @@ def test_secret_never_shows_in_repr_str_or_format() -> None:
         str(secret),
         f"{secret}",
         f"{secret!r}",
-        "%s" % secret,
+        "%s" % secret,  # noqa: UP031
         format(secret, ">40"),
     ]
     assert all(VALUE not in text for text in rendered)
