@@ -2,4 +2,25 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._mock_openai import MockOpenAIServer as MockOpenAIServer, mock_openai as mock_openai
+from ._mock_server import (
+    Fault as Fault,
+    JSONReply as JSONReply,
+    MockProviderServer as MockProviderServer,
+    RecordedRequest as RecordedRequest,
+    StreamReply as StreamReply,
+    open_mock_server as open_mock_server,
+    sse_frame as sse_frame,
+)
+
+__all__: list[str] = [
+    "Fault",
+    "JSONReply",
+    "MockOpenAIServer",
+    "MockProviderServer",
+    "RecordedRequest",
+    "StreamReply",
+    "mock_openai",
+    "open_mock_server",
+    "sse_frame",
+]
