@@ -2,4 +2,10 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._sse import SSEDecoder as SSEDecoder, SSEEvent as SSEEvent, aiter_sse as aiter_sse
+
+__all__: list[str] = [
+    "SSEDecoder",
+    "SSEEvent",
+    "aiter_sse",
+]
