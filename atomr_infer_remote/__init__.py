@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from ._backoff import compute_backoff as compute_backoff, parse_retry_after as parse_retry_after
 from ._sse import SSEDecoder as SSEDecoder, SSEEvent as SSEEvent, aiter_sse as aiter_sse
 
 __all__: list[str] = [
     "SSEDecoder",
     "SSEEvent",
     "aiter_sse",
+    "compute_backoff",
+    "parse_retry_after",
 ]
