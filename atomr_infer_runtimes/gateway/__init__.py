@@ -2,4 +2,58 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from ._app import create_app as create_app
+from ._auth import check_bind_allowed as check_bind_allowed
+from ._errors import error_body as error_body, error_response as error_response
+
+__all__ = ["check_bind_allowed", "create_app", "error_body", "error_response", "serve_gateway"]
+
+
+def _hypercorn_config(host: str, port: int, grace: float) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = grace
+    config.accesslog = None
+    config.errorlog = logging.getLogger("atomr_infer.gateway.server")
+    config.keep_alive_timeout = 75.0
+    return config
+
+
+async def serve_gateway(
+    cluster: Any,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``cluster`` over HTTP until cancelled or ``shutdown_trigger`` returns.
+
+    ``host``/``port`` default to ``[cluster].bind``; port 0 picks a free port, and
+    ``task_status.started(url)`` reports the bound ``http://host:port``. When the
+    trigger returns, the listener closes and in-flight requests get
+    ``[cluster].shutdown_grace`` seconds to finish before they are cancelled.
+
+    Raises:
+        ConfigError: no API keys on a non-loopback address without ``allow_unauthenticated``.
+    """
+    settings = cluster.config.cluster
+    host = settings.host if host is None else host
+    port = settings.port if port is None else port
+    check_bind_allowed(
+        host, keys=settings.api_keys, allow_unauthenticated=settings.allow_unauthenticated
+    )
+    config = _hypercorn_config(host, port, float(settings.shutdown_grace))
+    app = create_app(cluster)
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown_trigger))
+        task_status.started(binds[0])

@@ -1,0 +1,395 @@
+"""The gateway's ASGI application: a raw fast path for the POST endpoints, Quart for the rest.
+
+The three POST endpoints (chat, completions, embeddings) are served straight on ASGI:
+they carry all the load, need to watch the receive channel for ``http.disconnect``
+while nothing is being sent, and must never be cut by Quart's response timeout. The
+GET endpoints (models, health, metrics, status) and lifespan go to a QuartTrio app.
+Every request runs in the handler's own task; leaving it (finished, failed, client gone)
+leaves the cluster's RunHandle, which cancels the runner's work.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from atomr_infer_core import RequestKind, TokensBuilder
+from atomr_infer_core.errors import InferenceError, InternalError, NotFoundError
+
+from ._auth import KeyChecker
+from ._disconnect import ClientDisconnected, cancel_on_disconnect, read_body
+from ._errors import error_body, error_headers, error_response, error_sse_event
+from ._openai import (
+    ChatStreamEncoder,
+    CompletionStreamEncoder,
+    ParsedRequest,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+    parse_json_body,
+    render_chat,
+    render_completion,
+    render_embeddings,
+)
+
+__all__ = ["create_app", "to_plain"]
+
+logger = logging.getLogger("atomr_infer.gateway")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_PARSERS = {
+    "/v1/chat/completions": parse_chat,
+    "/v1/completions": parse_completion,
+    "/v1/embeddings": parse_embedding,
+}
+
+
+def _request_id(raw: bytes | None) -> str:
+    if raw and len(raw) <= 200:
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            text = ""
+        if text.isprintable() and text.strip():
+            return text.strip()
+    return f"req-{uuid.uuid4().hex}"
+
+
+def to_plain(value: Any) -> Any:
+    """JSON-able form of status values (attrs classes, enums, secrets-free by contract)."""
+    if attrs.has(type(value)):
+        return {f.name: to_plain(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "__dict__"):
+        return {k: to_plain(v) for k, v in vars(value).items() if not k.startswith("_")}
+    return str(value)
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class _Gateway:
+    """ASGI entry: dispatches POST fast paths, hands everything else to Quart."""
+
+    def __init__(self, cluster: Any, quart_app: QuartTrio) -> None:
+        self.cluster = cluster
+        self.quart = quart_app
+        settings = cluster.config.cluster
+        self.keys = KeyChecker(settings.api_keys)
+        self.max_body = settings.max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            parser = _PARSERS.get(scope["path"])
+            if parser is not None:
+                await self._post(scope, receive, send, parser)
+                return
+        await self.quart(scope, receive, send)
+
+    # ------------------------------------------------------------ POST fast path
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send, parser: Any) -> None:
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        request_id = _request_id(headers.get(b"x-request-id"))
+        extra = [(b"x-request-id", request_id.encode())]
+        status = 200
+        gone: list[bool] = []
+        try:
+            self.keys.check(headers.get(b"authorization"))
+            length = headers.get(b"content-length")
+            body = await read_body(
+                receive,
+                limit=self.max_body,
+                content_length=int(length) if length and length.isdigit() else None,
+            )
+            parsed: ParsedRequest = parser(parse_json_body(body), request_id)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, gone)
+                status = await self._dispatch(parsed, send, extra)
+                nursery.cancel_scope.cancel()
+        except InferenceError as exc:
+            status = exc.http_status
+            await _send_error(send, exc, extra)
+        except ClientDisconnected:
+            gone.append(True)
+        finally:
+            if gone:
+                status = 499
+            logger.info(
+                "%s %s %d request_id=%s %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                request_id,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def _dispatch(
+        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]]
+    ) -> int:
+        batch = parsed.batch
+        try:
+            if batch.stream and batch.kind is not RequestKind.EMBEDDING:
+                return await self._stream(parsed, send, extra)
+            return await self._unary(parsed, send, extra)
+        except (
+            Exception
+        ) as exc:  # a bug below us: answer 500 with the request id, log the traceback
+            if isinstance(exc, InferenceError):
+                raise
+            logger.exception("request %s failed with an unexpected error", batch.request_id)
+            error = InternalError(
+                f"internal error while serving request {batch.request_id}: {type(exc).__name__}; see the gateway log"
+            )
+            await _send_error(send, error, extra)
+            return 500
+
+    async def _unary(
+        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]]
+    ) -> int:
+        batch = parsed.batch
+        builder = TokensBuilder(request_id=batch.request_id)
+        try:
+            async with self.cluster.execute(batch) as chunks:
+                async for chunk in chunks:
+                    builder.add(chunk)
+                deployment = getattr(chunks, "deployment", None)
+        except InferenceError as exc:
+            await _send_error(send, exc, extra)
+            return exc.http_status
+        tokens = builder.build(deployment=deployment)
+        created = int(time.time())
+        if batch.kind is RequestKind.CHAT:
+            body = render_chat(
+                tokens,
+                response_id=f"chatcmpl-{batch.request_id}",
+                created=created,
+                model=parsed.model,
+                n=batch.sampling.n,
+            )
+        elif batch.kind is RequestKind.COMPLETION:
+            body = render_completion(
+                tokens,
+                response_id=f"cmpl-{batch.request_id}",
+                created=created,
+                model=parsed.model,
+                n=batch.sampling.n,
+            )
+        else:
+            body = render_embeddings(
+                tokens,
+                model=parsed.model,
+                inputs=batch.inputs or (),
+                encoding_format=parsed.encoding_format,
+            )
+        await _send_full(send, 200, [_JSON, *extra], body)
+        return 200
+
+    async def _stream(
+        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]]
+    ) -> int:
+        batch = parsed.batch
+        chat = batch.kind is RequestKind.CHAT
+        encoder_class = ChatStreamEncoder if chat else CompletionStreamEncoder
+        encoder = encoder_class(
+            response_id=f"{'chatcmpl' if chat else 'cmpl'}-{batch.request_id}",
+            created=int(time.time()),
+            model=parsed.model,
+            include_usage=parsed.include_usage,
+        )
+        started = False
+        try:
+            async with self.cluster.execute(batch) as chunks:
+                async for chunk in chunks:
+                    data = encoder.encode(chunk)
+                    if not started:
+                        started = True
+                        await send(
+                            {
+                                "type": "http.response.start",
+                                "status": 200,
+                                "headers": [*_SSE_HEADERS, *extra],
+                            }
+                        )
+                    if data:
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+        except InferenceError as exc:
+            if not started:
+                await _send_error(send, exc, extra)
+                return exc.http_status
+            logger.warning(
+                "request %s failed after streaming began: %s", batch.request_id, exc.message
+            )
+            await send(
+                {"type": "http.response.body", "body": error_sse_event(exc), "more_body": False}
+            )
+            return 200
+        if not started:
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *extra]}
+            )
+        await send({"type": "http.response.body", "body": encoder.finish(), "more_body": False})
+        return 200
+
+
+async def _send_full(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_error(send: Send, exc: InferenceError, extra: list[tuple[bytes, bytes]]) -> None:
+    status, headers, body = error_response(exc)
+    await _send_full(send, status, [_JSON, *headers, *extra], body)
+
+
+# ---------------------------------------------------------------- Quart: GET endpoints
+
+
+def _json_response(
+    payload: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None
+) -> Response:
+    response = Response(json.dumps(payload), status=status, content_type="application/json")
+    for name, value in headers or ():
+        response.headers[name.decode()] = value.decode()
+    return response
+
+
+def _error_json(exc: InferenceError) -> Response:
+    return _json_response(error_body(exc), exc.http_status, error_headers(exc))
+
+
+def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
+    app = QuartTrio("atomr_infer_gateway")
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["BODY_TIMEOUT"] = None
+
+    @app.before_request
+    async def _auth() -> Response | None:
+        if request.path.startswith("/v1/"):
+            try:
+                raw = request.headers.get("authorization")
+                keys.check(raw.encode("latin1") if raw else None)
+            except InferenceError as exc:
+                return _error_json(exc)
+        return None
+
+    @app.after_request
+    async def _echo_request_id(response: Response) -> Response:
+        response.headers["x-request-id"] = _request_id(
+            (request.headers.get("x-request-id") or "").encode("latin1", "replace")
+        )
+        return response
+
+    @app.get("/health/live")
+    async def live() -> Response:
+        return _json_response({"status": "ok"})
+
+    @app.get("/health/ready")
+    async def ready() -> Response:
+        status = await _maybe_await(cluster.status())
+        body = {
+            "ready": bool(status.ready),
+            "deployments": [
+                {"name": d.name, "state": to_plain(d.state), "reason": getattr(d, "reason", None)}
+                for d in status.deployments
+            ],
+        }
+        return _json_response(body, 200 if status.ready else 503)
+
+    @app.get("/v1/status")
+    async def cluster_status() -> Response:
+        status = await _maybe_await(cluster.status())
+        deployments = await _maybe_await(cluster.list())
+        return _json_response(
+            {
+                "name": status.name,
+                "ready": bool(status.ready),
+                "deployments": [to_plain(d) for d in deployments],
+            }
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(
+            cluster.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    def _model(d: Any) -> dict[str, Any]:
+        return {"id": d.name, "object": "model", "created": 0, "owned_by": str(to_plain(d.runtime))}
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        deployments = await _maybe_await(cluster.list())
+        return _json_response({"object": "list", "data": [_model(d) for d in deployments]})
+
+    @app.get("/v1/models/<path:model_id>")
+    async def model(model_id: str) -> Response:
+        for d in await _maybe_await(cluster.list()):
+            if d.name == model_id:
+                return _json_response(_model(d))
+        return _error_json(
+            NotFoundError(
+                f"model {model_id!r} does not exist; GET /v1/models lists them", model=model_id
+            )
+        )
+
+    @app.errorhandler(404)
+    async def not_found(_: Exception) -> Response:
+        exc = NotFoundError(
+            f"no route {request.method} {request.path}; see GET /v1/models and the OpenAI API paths"
+        )
+        body = error_body(exc)
+        body["error"]["code"] = "not_found"
+        return _json_response(body, 404)
+
+    @app.errorhandler(405)
+    async def bad_method(_: Exception) -> Response:
+        body = {
+            "error": {
+                "message": f"method {request.method} is not allowed on {request.path}",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "method_not_allowed",
+            }
+        }
+        return _json_response(body, 405)
+
+    return app
+
+
+def create_app(cluster: Any) -> Any:
+    """The gateway's ASGI app for ``cluster`` (see the module docstring)."""
+    keys = KeyChecker(cluster.config.cluster.api_keys)
+    return _Gateway(cluster, _build_quart(cluster, keys))
