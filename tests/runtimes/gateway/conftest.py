@@ -14,7 +14,6 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from atomr_infer_testkit import MockConfig, MockRunner
 
 from atomr_infer_core import (
     ClusterConfig,
@@ -27,6 +26,7 @@ from atomr_infer_core import (
 )
 from atomr_infer_core.errors import InferenceError, NotFoundError
 from atomr_infer_runtimes.gateway import serve_gateway
+from atomr_infer_testkit import MockConfig, MockRunner
 
 
 @attrs.frozen
@@ -131,7 +131,9 @@ class FakeCluster:
 
     def _statuses(self) -> list[FakeStatus]:
         return [
-            FakeStatus(name=d.name, model=d.model, runtime="mock", state=self.states.get(d.name, "serving"))
+            FakeStatus(
+                name=d.name, model=d.model, runtime="mock", state=self.states.get(d.name, "serving")
+            )
             for d in self.config.deployments
         ]
 
@@ -148,7 +150,9 @@ async def open_gateway(cluster: FakeCluster) -> AsyncIterator[str]:
     """Run ``cluster`` and a gateway on a free loopback port; yield its base URL."""
     async with trio.open_nursery() as nursery:
         await nursery.start(cluster.run)
-        url = await nursery.start(lambda task_status: serve_gateway(cluster, port=0, task_status=task_status))
+        url = await nursery.start(
+            lambda task_status: serve_gateway(cluster, port=0, task_status=task_status)
+        )
         yield url
         nursery.cancel_scope.cancel()
 

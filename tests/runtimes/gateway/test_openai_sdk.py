@@ -8,9 +8,9 @@ import struct
 import openai
 import pytest
 import trio
-from atomr_infer_testkit import MockConfig
 
 from atomr_infer_core import errors
+from atomr_infer_testkit import MockConfig
 
 from .conftest import FakeCluster, open_gateway
 
@@ -29,7 +29,11 @@ async def test_chat_non_streaming_with_async_client(default_cluster: FakeCluster
     assert reply.choices[0].message.content == "Hello, world!"
     assert reply.choices[0].message.role == "assistant"
     assert reply.choices[0].finish_reason == "stop"
-    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (5, 4, 9)
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (
+        5,
+        4,
+        9,
+    )
     batch = default_cluster.records[0].batch
     assert batch.sampling.temperature == 0.5
     assert batch.sampling.seed == 7
@@ -79,8 +83,12 @@ async def test_completions_and_streaming_completions(default_cluster: FakeCluste
 
 async def test_embeddings_float_and_base64(default_cluster: FakeCluster) -> None:
     async with open_gateway(default_cluster) as url, _async_client(url) as client:
-        floats = await client.embeddings.create(model="chat", input=["a", "b"], encoding_format="float", dimensions=4)
-        one = await client.embeddings.create(model="chat", input="a", encoding_format="float", dimensions=4)
+        floats = await client.embeddings.create(
+            model="chat", input=["a", "b"], encoding_format="float", dimensions=4
+        )
+        one = await client.embeddings.create(
+            model="chat", input="a", encoding_format="float", dimensions=4
+        )
     assert [d.index for d in floats.data] == [0, 1]
     assert len(floats.data[0].embedding) == 4
     assert one.data[0].embedding == floats.data[0].embedding
@@ -91,7 +99,11 @@ async def test_embeddings_base64_decodes_to_the_same_floats(default_cluster: Fak
 
     async with open_gateway(default_cluster) as url, httpx.AsyncClient(base_url=url) as http:
         plain = (await http.post("/v1/embeddings", json={"model": "chat", "input": "a"})).json()
-        b64 = (await http.post("/v1/embeddings", json={"model": "chat", "input": "a", "encoding_format": "base64"})).json()
+        b64 = (
+            await http.post(
+                "/v1/embeddings", json={"model": "chat", "input": "a", "encoding_format": "base64"}
+            )
+        ).json()
     raw = base64.b64decode(b64["data"][0]["embedding"])
     decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
     assert decoded == pytest.approx(plain["data"][0]["embedding"], rel=1e-6)
@@ -123,7 +135,9 @@ async def test_each_error_class_arrives_as_the_sdk_exception(
     cluster = FakeCluster({}, errors={"broken": error})
     async with open_gateway(cluster) as url, _async_client(url) as client:
         with pytest.raises(sdk_class) as caught:
-            await client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "hi"}])
+            await client.chat.completions.create(
+                model="broken", messages=[{"role": "user", "content": "hi"}]
+            )
     assert caught.value.status_code == error.http_status
     assert caught.value.body["message"] == error.message
     assert caught.value.code == error.code
@@ -132,14 +146,18 @@ async def test_each_error_class_arrives_as_the_sdk_exception(
 async def test_unknown_model_is_not_found(default_cluster: FakeCluster) -> None:
     async with open_gateway(default_cluster) as url, _async_client(url) as client:
         with pytest.raises(openai.NotFoundError) as caught:
-            await client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+            await client.chat.completions.create(
+                model="nope", messages=[{"role": "user", "content": "hi"}]
+            )
     assert caught.value.code == "model_not_found"
 
 
 async def test_bad_request_names_the_param(default_cluster: FakeCluster) -> None:
     async with open_gateway(default_cluster) as url, _async_client(url) as client:
         with pytest.raises(openai.BadRequestError) as caught:
-            await client.chat.completions.create(model="chat", messages=[{"role": "robot", "content": "hi"}])
+            await client.chat.completions.create(
+                model="chat", messages=[{"role": "robot", "content": "hi"}]
+            )
     assert caught.value.param == "messages[0].role"
 
 
@@ -148,11 +166,15 @@ async def test_wrong_key_is_authentication_error() -> None:
     async with open_gateway(cluster) as url:
         async with _async_client(url, "sk-wrong") as client:
             with pytest.raises(openai.AuthenticationError):
-                await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+                await client.chat.completions.create(
+                    model="chat", messages=[{"role": "user", "content": "hi"}]
+                )
             with pytest.raises(openai.AuthenticationError):
                 await client.models.list()
         async with _async_client(url, "sk-right") as client:
-            reply = await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+            reply = await client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "hi"}]
+            )
     assert reply.choices[0].message.content == "Hello, world!"
 
 
