@@ -8,9 +8,12 @@ from ._classify import (
     error_message as error_message,
     parse_error_body as parse_error_body,
 )
+from ._retry import RetryDecision as RetryDecision, RetryEngine as RetryEngine
 from ._sse import SSEDecoder as SSEDecoder, SSEEvent as SSEEvent, aiter_sse as aiter_sse
 
 __all__: list[str] = [
+    "RetryDecision",
+    "RetryEngine",
     "SSEDecoder",
     "SSEEvent",
     "aiter_sse",
