@@ -55,6 +55,7 @@ class HandleRecord:
     entered_at: float
     exited_at: float | None = None
     cancelled: bool = False
+    exited: trio.Event = attrs.Factory(trio.Event)
 
 
 class _Routed:
@@ -128,6 +129,7 @@ class FakeCluster:
             raise
         finally:
             record.exited_at = trio.current_time()
+            record.exited.set()
 
     def _statuses(self) -> list[FakeStatus]:
         return [
