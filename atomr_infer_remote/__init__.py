@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from ._backoff import compute_backoff as compute_backoff, parse_retry_after as parse_retry_after
+from ._breaker import (
+    BreakerCore as BreakerCore,
+    BreakerPermit as BreakerPermit,
+    BreakerStatistics as BreakerStatistics,
+    CircuitBreaker as CircuitBreaker,
+)
 from ._classify import (
     classify_http_status as classify_http_status,
     error_message as error_message,
@@ -12,6 +18,10 @@ from ._retry import RetryDecision as RetryDecision, RetryEngine as RetryEngine
 from ._sse import SSEDecoder as SSEDecoder, SSEEvent as SSEEvent, aiter_sse as aiter_sse
 
 __all__: list[str] = [
+    "BreakerCore",
+    "BreakerPermit",
+    "BreakerStatistics",
+    "CircuitBreaker",
     "RetryDecision",
     "RetryEngine",
     "SSEDecoder",
