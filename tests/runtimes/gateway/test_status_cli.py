@@ -8,11 +8,12 @@ import trio
 from atomr_infer._cli import main
 from atomr_infer_testkit import MockConfig
 
+from .conftest import FakeCluster, open_gateway
+
 
 async def test_status_prints_a_running_gateways_deployments(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    from runtimes.gateway.conftest import FakeCluster, open_gateway  # type: ignore[import-not-found]
 
     cluster = FakeCluster({"chat": MockConfig(), "other": MockConfig()}, states={"other": "failed"})
     async with open_gateway(cluster) as url:
