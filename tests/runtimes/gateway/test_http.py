@@ -333,3 +333,35 @@ async def test_concurrent_stream_and_json_share_the_server(default_cluster: Fake
             results["models"] = r.status_code
             results["stream_done_first"] = int("stream" in results)
     assert results == {"stream": 200, "models": 200, "stream_done_first": 0}
+
+
+async def test_shutdown_trigger_lets_in_flight_streams_finish(default_cluster: FakeCluster) -> None:
+    stop = trio.Event()
+    done: list[str] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(default_cluster.run)
+        url = await nursery.start(
+            lambda task_status: serve_gateway(
+                default_cluster, port=0, shutdown_trigger=stop.wait, task_status=task_status
+            )
+        )
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+
+            async def stream() -> None:
+                r = await http.post(
+                    "/v1/chat/completions", json={"model": "slow", "messages": HI, "stream": True}
+                )
+                done.append(_events(r.text)[-1])
+
+            async with trio.open_nursery() as clients:
+                for _ in range(10):
+                    clients.start_soon(stream)
+                while len(default_cluster.records) < 10:
+                    await default_cluster.entered.wait()
+                    default_cluster.entered = trio.Event()
+                stop.set()
+        async with httpx.AsyncClient(base_url=url) as fresh:
+            with pytest.raises(httpx.ConnectError):
+                await fresh.get("/health/live")
+        nursery.cancel_scope.cancel()
+    assert done == ["[DONE]"] * 10
