@@ -460,17 +460,29 @@ def _known_error(
 
 
 def refine_error(
-    status: int, body: str, *, retry_after: float | None = None
+    status: int, body: Any, *, retry_after: float | None = None
 ) -> InferenceError | None:
     """A typed error from an Anthropic error body, or ``None`` to use the status table.
 
-    Refines at any status: ``prompt is too long`` → ContextLengthExceededError,
-    ``permission_error`` → ForbiddenError, ``overloaded_error`` (529) → ServerError.
+    ``body`` is the parsed JSON (or the raw text). Refines at any status: ``prompt is too
+    long`` → ContextLengthExceededError, ``permission_error`` → ForbiddenError,
+    ``overloaded_error`` (529) → ServerError. A 429 is left to the status table, which
+    reads ``Retry-After`` from the headers, unless ``retry_after`` is given.
     """
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None
+    payload = _parsed(body)
     if not isinstance(payload, dict) or not isinstance(payload.get("error"), dict):
         return None
+    if payload["error"].get("type") == "rate_limit_error" and retry_after is None:
+        return None
     return _known_error(payload["error"], status=status, retry_after=retry_after)
+
+
+def _parsed(body: Any) -> Any:
+    if isinstance(body, bytes | bytearray):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str):
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None
+    return body

@@ -405,6 +405,8 @@ def test_refinement_by_error_type() -> None:
     limited = refine_error(429, body("rate_limit_error", "slow down"), retry_after=7.0)
     assert isinstance(limited, RateLimitedError)
     assert limited.retry_after == 7.0
+    # without a header value the status table reads Retry-After itself
+    assert refine_error(429, json.loads(body("rate_limit_error", "slow down"))) is None
     assert isinstance(refine_error(400, body("invalid_request_error", "bad")), BadRequestError)
 
 

@@ -452,20 +452,29 @@ def error_from_payload(error: Mapping[str, Any]) -> InferenceError:
 
 
 def refine_error(
-    status: int, body: str, *, retry_after: float | None = None
+    status: int, body: Any, *, retry_after: float | None = None
 ) -> InferenceError | None:
     """A typed error from a Google error body, or ``None`` to use the status table.
 
-    ``RESOURCE_EXHAUSTED`` → RateLimitedError (``RetryInfo.retryDelay`` when no header),
+    ``body`` is the parsed JSON (or the raw text). ``RESOURCE_EXHAUSTED`` →
+    RateLimitedError (``RetryInfo.retryDelay`` when no ``retry_after`` header value),
     ``INVALID_ARGUMENT`` about the token limit → ContextLengthExceededError,
     ``PERMISSION_DENIED`` → ForbiddenError, an invalid API key → UnauthorizedError.
     """
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None
+    payload = _parsed(body)
     if isinstance(payload, list) and payload and isinstance(payload[0], dict):
         payload = payload[0]  # streaming endpoints without alt=sse wrap errors in a list
     if not isinstance(payload, dict) or not isinstance(payload.get("error"), Mapping):
         return None
     return _known_error(payload["error"], status=status, retry_after=retry_after)
+
+
+def _parsed(body: Any) -> Any:
+    if isinstance(body, bytes | bytearray):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str):
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None
+    return body

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from ._mock_anthropic import (
+    MockAnthropicServer as MockAnthropicServer,
+    mock_anthropic as mock_anthropic,
+)
+from ._mock_gemini import MockGeminiServer as MockGeminiServer, mock_gemini as mock_gemini
 from ._mock_openai import MockOpenAIServer as MockOpenAIServer, mock_openai as mock_openai
 from ._mock_server import (
     Fault as Fault,
@@ -16,10 +21,14 @@ from ._mock_server import (
 __all__: list[str] = [
     "Fault",
     "JSONReply",
+    "MockAnthropicServer",
+    "MockGeminiServer",
     "MockOpenAIServer",
     "MockProviderServer",
     "RecordedRequest",
     "StreamReply",
+    "mock_anthropic",
+    "mock_gemini",
     "mock_openai",
     "open_mock_server",
     "sse_frame",
