@@ -32,7 +32,11 @@ from ._kinds import (
     register_model_patterns as register_model_patterns,
     unregister_model_patterns as unregister_model_patterns,
 )
-from ._local import SequenceOutput as SequenceOutput, StepModel as StepModel
+from ._local import (
+    SequenceOutput as SequenceOutput,
+    StepModel as StepModel,
+    StopScanner as StopScanner,
+)
 from ._messages import (
     ContentPart as ContentPart,
     ExecuteBatch as ExecuteBatch,
@@ -109,6 +113,7 @@ __all__ = [
     "StateBackendKind",
     "StateConfig",
     "StepModel",
+    "StopScanner",
     "TextPart",
     "Timeouts",
     "TokenChunk",

