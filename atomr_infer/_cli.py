@@ -226,11 +226,19 @@ def _status(url: str, api_key: str | None) -> int:
     for dep in body.get("deployments", []):
         print(
             f"{dep.get('name', '?'):<24} {dep.get('runtime', '-')!s:<10} {dep.get('state', '-')!s:<10} "
-            f"{dep.get('replicas', '-')!s:<9} {_breaker(dep)!s:<10} {_spend(dep)}"
+            f"{_replicas(dep):<9} {_breaker(dep)!s:<10} {_spend(dep)}"
         )
         if dep.get("reason"):
             print(f"  reason: {dep['reason']}")
     return 0
+
+
+def _replicas(dep: dict[str, Any]) -> str:
+    replicas = dep.get("replicas", "-")
+    if isinstance(replicas, list):
+        up = sum(1 for r in replicas if isinstance(r, dict) and r.get("state") == "serving")
+        return f"{up}/{len(replicas)}"
+    return str(replicas)
 
 
 def _breaker(dep: dict[str, Any]) -> Any:
@@ -242,7 +250,9 @@ def _breaker(dep: dict[str, Any]) -> Any:
 
 
 def _spend(dep: dict[str, Any]) -> str:
-    for key in ("spend", "spend_usd", "spend_per_hour_usd"):
+    if "spend_hour_usd" in dep:
+        return f"{dep['spend_hour_usd']:.4f}/h {dep.get('spend_day_usd', 0.0):.4f}/day"
+    for key in ("spend", "spend_usd"):
         if key in dep:
             value = dep[key]
             return f"{value:.4f}" if isinstance(value, int | float) else str(value)
