@@ -14,22 +14,62 @@ from ._classify import (
     error_message as error_message,
     parse_error_body as parse_error_body,
 )
+from ._engine import (
+    EngineStatistics as EngineStatistics,
+    Provider as Provider,
+    ProviderRequest as ProviderRequest,
+    RemoteEngine as RemoteEngine,
+    StreamParser as StreamParser,
+)
+from ._http import (
+    HttpClientOptions as HttpClientOptions,
+    map_http_errors as map_http_errors,
+    open_http_client as open_http_client,
+    redacted_url as redacted_url,
+)
 from ._retry import RetryDecision as RetryDecision, RetryEngine as RetryEngine
+from ._session import (
+    CallableCredential as CallableCredential,
+    CredentialProvider as CredentialProvider,
+    EnvCredential as EnvCredential,
+    FileCredential as FileCredential,
+    RemoteSession as RemoteSession,
+    SessionSnapshot as SessionSnapshot,
+    StaticCredential as StaticCredential,
+    open_remote_session as open_remote_session,
+)
 from ._sse import SSEDecoder as SSEDecoder, SSEEvent as SSEEvent, aiter_sse as aiter_sse
 
 __all__: list[str] = [
     "BreakerCore",
     "BreakerPermit",
     "BreakerStatistics",
+    "CallableCredential",
     "CircuitBreaker",
+    "CredentialProvider",
+    "EngineStatistics",
+    "EnvCredential",
+    "FileCredential",
+    "HttpClientOptions",
+    "Provider",
+    "ProviderRequest",
+    "RemoteEngine",
+    "RemoteSession",
     "RetryDecision",
     "RetryEngine",
     "SSEDecoder",
     "SSEEvent",
+    "SessionSnapshot",
+    "StaticCredential",
+    "StreamParser",
     "aiter_sse",
     "classify_http_status",
     "compute_backoff",
     "error_message",
+    "map_http_errors",
+    "open_http_client",
+    "open_remote_session",
     "parse_error_body",
     "parse_retry_after",
+    "redacted_url",
 ]

@@ -1,0 +1,607 @@
+"""The remote engine: a bounded priority queue feeding worker slots that call a provider.
+
+A provider plugin implements :class:`Provider` (four methods: build the HTTP request,
+parse a JSON body, make a per-request SSE parser, refine an error body) and hands it to a
+:class:`RemoteEngine`; the engine does everything else. Its runner is then three lines::
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        await self.engine.run(task_status=task_status)
+
+    def execute(self, batch):
+        return self.engine.submit(batch)
+
+Per attempt a worker slot does: rate-limit permit (every retry; the first attempt's
+permit is admission's when a shared limiter is given) → ``breaker.check`` → request →
+SSE or JSON decode → classify → breaker record → ``RetryEngine.decide``.
+
+Rules:
+
+- A request's deadline is ``batch.deadline``, else arrival + ``timeouts.request_timeout``;
+  it bounds the queue wait, rate-limit waits, retries and the wait for the response head
+  (``RequestTimeoutError`` with ``phase`` ``"queue"`` or ``"first_byte"``).
+  ``timeouts.read_timeout`` bounds each gap between body reads (``phase="read"``).
+- Retries happen only before the first chunk reached the caller, only for idempotent
+  deployments, within ``retry.max_retries``; a 429 with Retry-After pauses the limiter.
+- A 401 rebuilds the session (the credential provider is asked again) and retries once,
+  before output, whatever the retry policy.
+- Leaving the handle's block cancels the request: a queued one leaves the queue, a
+  running one has its upstream response closed before ``__aexit__`` returns.
+- Errors before output are raised from ``__aenter__``; after output, from iteration,
+  with nothing repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import attrs
+import httpx
+import trio
+
+from atomr_infer_core import (
+    Deployment,
+    ExecuteBatch,
+    RunHandle,
+    Secret,
+    SessionRebuildCause,
+    TokenChunk,
+    TokenUsage,
+)
+from atomr_infer_core.errors import (
+    CapacityExhaustedError,
+    DrainingError,
+    InferenceError,
+    MalformedStreamError,
+    RateLimitedError,
+    RequestTimeoutError,
+    UnauthorizedError,
+)
+
+from ._classify import classify_http_status
+from ._http import HttpClientOptions, map_http_errors
+from ._retry import RetryEngine
+from ._session import CredentialProvider, RemoteSession, open_remote_session
+from ._sse import SSEDecoder, SSEEvent
+
+__all__ = [
+    "EngineStatistics",
+    "Provider",
+    "ProviderRequest",
+    "RemoteEngine",
+    "StreamParser",
+]
+
+_CHANNEL_SIZE = 32
+_CLOSE_GRACE = 1.0
+
+
+# -- the provider protocol ------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class ProviderRequest:
+    """One HTTP request a provider wants sent.
+
+    ``url`` is absolute or a path relative to the engine's ``base_url``. ``headers``
+    carry the credential (the only place a provider reveals its ``Secret``). ``stream``
+    says whether an event stream is expected (the response's content type decides).
+    """
+
+    url: str
+    method: str = "POST"
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    json: Any = attrs.field(default=None, repr=False)
+    stream: bool = False
+
+
+class StreamParser(Protocol):
+    """Per-request state for one event stream (made by :meth:`Provider.stream_parser`).
+
+    ``feed`` turns one SSE event into chunks (often none); it raises an
+    ``InferenceError`` for an in-band error event (classified like a status code) and
+    ``MalformedStreamError`` (or ``ValueError``) for garbage. ``finished`` becomes true
+    on the provider's end marker (``[DONE]``, ``message_stop``); the engine then stops
+    reading. ``end`` is called when the body ends without the marker: it returns final
+    chunks, or raises when the provider requires the marker.
+    """
+
+    @property
+    def finished(self) -> bool: ...
+
+    def feed(self, event: SSEEvent) -> Sequence[TokenChunk]: ...
+
+    def end(self) -> Sequence[TokenChunk]: ...
+
+
+class Provider(Protocol):
+    """What a remote provider plugin supplies to the engine.
+
+    Attributes:
+        name: the provider's name in errors, breaker keys and metrics (``"openai"``).
+
+    Chunks carry ``request_id=batch.request_id``; ``usage`` in a chunk is cumulative.
+    """
+
+    name: str
+
+    def build_request(self, batch: ExecuteBatch, credential: Secret | None) -> ProviderRequest:
+        """The HTTP request for ``batch`` (method, URL, headers with auth, JSON body)."""
+        ...
+
+    def parse_response(self, batch: ExecuteBatch, body: Any) -> Sequence[TokenChunk]:
+        """Chunks from a complete JSON response body (a non-streaming answer)."""
+        ...
+
+    def stream_parser(self, batch: ExecuteBatch) -> StreamParser:
+        """A fresh parser for one streamed answer."""
+        ...
+
+    def refine_error(self, status: int, body: Any) -> InferenceError | None:
+        """A more specific error for a provider error body, or ``None`` for the generic
+        status mapping. ``body`` is parsed JSON, or text when it is not JSON."""
+        ...
+
+
+# -- statistics -----------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class EngineStatistics:
+    queued: int
+    in_flight: int
+    completed: int
+    #: failed requests by ``InferenceError.kind``
+    failed: Mapping[str, int]
+    retries: int
+    session_rebuilds: int
+    #: the breaker's own statistics (state, counts, timestamps)
+    breaker: Any
+
+
+# -- the request as the engine sees it ------------------------------------------------
+class _End:
+    """Sent after the last chunk of a request that finished normally."""
+
+
+_END = _End()
+
+
+@attrs.frozen
+class _Failure:
+    error: InferenceError
+
+
+@attrs.define(eq=False)
+class _Request:
+    batch: ExecuteBatch
+    arrival: float
+    deadline: float
+    send: trio.MemorySendChannel[Any]
+    state: str = "queued"  # queued → running → done
+    scope: trio.CancelScope | None = None
+    done: trio.Event = attrs.Factory(trio.Event)
+    output_started: bool = False
+    usage: TokenUsage | None = None
+    #: the session generation the last attempt used (to coalesce 401 rebuilds)
+    generation: int | None = None
+
+
+class _ChunkStream:
+    """The async iterator a handle yields; raises the request's error after output."""
+
+    def __init__(self, first: Any, receive: trio.MemoryReceiveChannel[Any]) -> None:
+        self._next: Any = first
+        self._receive = receive
+
+    def __aiter__(self) -> _ChunkStream:
+        return self
+
+    async def __anext__(self) -> TokenChunk:
+        item = self._next
+        if item is None:
+            try:
+                item = await self._receive.receive()
+            except trio.EndOfChannel:
+                item = _Failure(DrainingError("the runner stopped while the request was running"))
+        self._next = None
+        if isinstance(item, _End):
+            self._next = item
+            raise StopAsyncIteration
+        if isinstance(item, _Failure):
+            self._next = _END
+            raise item.error
+        return item  # type: ignore[no-any-return]
+
+
+# -- the engine -----------------------------------------------------------------------
+class RemoteEngine:
+    """Worker slots calling one provider for one deployment replica.
+
+    ``run`` owns the session (HTTP client + credential) and the worker slots; it runs in
+    the replica's nursery until cancelled. ``submit`` may be called once ``run`` has
+    started. ``limiter`` and ``breaker`` are the cluster's shared ones (the deployment's
+    ``services``); without them the engine makes its own from the deployment's config.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        credentials: CredentialProvider,
+        deployment: Deployment,
+        *,
+        base_url: str = "",
+        http_options: HttpClientOptions | None = None,
+        limiter: Any = None,
+        breaker: Any = None,
+        state: Any = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.provider = provider
+        self.deployment = deployment
+        self._credentials = credentials
+        self._base_url = base_url
+        self._http_options = http_options or HttpClientOptions(timeouts=deployment.timeouts)
+        self._admission_limiter = limiter is not None
+        self._limiter, self._breaker = _limiter_and_breaker(
+            provider.name, deployment, limiter, breaker, state
+        )
+        self._retry = RetryEngine(deployment.retry, idempotent=deployment.idempotent, rng=rng)
+        self._queue: Any = _new_queue(deployment.serving.max_queued)
+        self._session: RemoteSession | None = None
+        self._requests: set[_Request] = set()
+        self._queued = 0
+        self._in_flight = 0
+        self._completed = 0
+        self._failed: dict[str, int] = {}
+        self._retries = 0
+
+    @property
+    def breaker(self) -> Any:
+        return self._breaker
+
+    @property
+    def limiter(self) -> Any:
+        return self._limiter
+
+    @property
+    def session(self) -> RemoteSession:
+        if self._session is None:
+            raise DrainingError(f"{self.deployment.name}: the runner has not started")
+        return self._session
+
+    def statistics(self) -> EngineStatistics:
+        return EngineStatistics(
+            queued=self._queued,
+            in_flight=self._in_flight,
+            completed=self._completed,
+            failed=dict(self._failed),
+            retries=self._retries,
+            session_rebuilds=self._session.rebuilds if self._session else 0,
+            breaker=self._breaker.statistics(),
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the session and run ``serving.max_concurrent`` worker slots until cancelled.
+
+        Raises ``UnauthorizedError`` when the credential cannot be had at start. On exit,
+        queued requests fail with ``DrainingError``.
+        """
+        async with open_remote_session(
+            self._credentials, self._http_options, base_url=self._base_url
+        ) as session:
+            self._session = session
+            try:
+                async with trio.open_nursery() as nursery:
+                    for _ in range(self.deployment.serving.max_concurrent):
+                        nursery.start_soon(self._worker)
+                    task_status.started()
+            finally:
+                self._session = None
+                for request in list(self._requests):
+                    if request.state == "queued":
+                        request.send.close()
+
+    async def rebuild_session(self, cause: SessionRebuildCause) -> None:
+        """Rebuild the credential (and the HTTP client unless ``cause`` is an auth failure)."""
+        await self.session.rebuild(cause)
+
+    # -- the caller's side --------------------------------------------------------------
+    def submit(self, batch: ExecuteBatch) -> RunHandle:
+        """Queue ``batch``; the handle's ``__aenter__`` waits for its first output."""
+        return self._handle(batch)
+
+    @asynccontextmanager
+    async def _handle(self, batch: ExecuteBatch) -> AsyncIterator[_ChunkStream]:
+        if self._session is None:
+            raise DrainingError(f"{self.deployment.name}: the runner is not running")
+        now = trio.current_time()
+        deadline = batch.deadline
+        if deadline is None:
+            deadline = now + self.deployment.timeouts.request_timeout
+        send, receive = trio.open_memory_channel[Any](_CHANNEL_SIZE)
+        request = _Request(batch=batch, arrival=now, deadline=deadline, send=send)
+        try:
+            self._queue.put_nowait(request, batch.priority)
+        except CapacityExhaustedError:
+            self._count_failure("capacity_exhausted")
+            raise
+        self._queued += 1
+        self._requests.add(request)
+        try:
+            first = await self._first_item(request, receive)
+            if isinstance(first, _Failure):
+                raise first.error
+            yield _ChunkStream(first, receive)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._abandon(request)
+            receive.close()
+
+    async def _first_item(self, request: _Request, receive: trio.MemoryReceiveChannel[Any]) -> Any:
+        # The worker enforces the deadline once it runs the request; here only the wait
+        # in the queue needs a bound.
+        with trio.move_on_at(request.deadline):
+            try:
+                return await receive.receive()
+            except trio.EndOfChannel:
+                return _Failure(DrainingError(f"{self.deployment.name}: the runner stopped"))
+        if request.state == "queued":
+            self._count_failure("timeout")
+            return _Failure(
+                RequestTimeoutError(
+                    f"{self.deployment.name}: waited {trio.current_time() - request.arrival:.3g}s "
+                    "in the queue without a free worker slot; raise serving.max_concurrent or "
+                    "timeouts.request_timeout",
+                    phase="queue",
+                    elapsed_s=trio.current_time() - request.arrival,
+                )
+            )
+        try:
+            return await receive.receive()
+        except trio.EndOfChannel:
+            return _Failure(DrainingError(f"{self.deployment.name}: the runner stopped"))
+
+    async def _abandon(self, request: _Request) -> None:
+        self._requests.discard(request)
+        if request.state == "queued":
+            self._queue.remove(request)
+            self._queued -= 1
+            request.state = "done"
+            request.send.close()
+            return
+        if request.state == "running" and request.scope is not None:
+            request.scope.cancel()
+        await request.done.wait()
+
+    # -- the worker's side --------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            request: _Request = await self._queue.get()
+            self._queued -= 1
+            request.state = "running"
+            self._in_flight += 1
+            try:
+                with trio.CancelScope() as scope:
+                    request.scope = scope
+                    await self._serve(request)
+            finally:
+                self._in_flight -= 1
+                request.state = "done"
+                request.send.close()
+                request.done.set()
+
+    async def _serve(self, request: _Request) -> None:
+        try:
+            await self._attempts(request)
+        except InferenceError as error:
+            error.deployment = error.deployment or self.deployment.name
+            self._count_failure(error.kind)
+            await request.send.send(_Failure(error))
+            return
+        self._completed += 1
+        await request.send.send(_END)
+
+    def _count_failure(self, kind: str) -> None:
+        self._failed[kind] = self._failed.get(kind, 0) + 1
+
+    async def _attempts(self, request: _Request) -> None:
+        attempt = 0  # attempts counted by the retry policy
+        tries = 0  # every request sent upstream, re-authentication included
+        reauthenticated = False
+        while True:
+            if trio.current_time() >= request.deadline:
+                raise self._first_byte_timeout(request)
+            take_permit = tries > 0 or not self._admission_limiter
+            tries += 1
+            try:
+                await self._attempt(request, take_permit=take_permit)
+                return
+            except UnauthorizedError:
+                if reauthenticated or request.output_started:
+                    raise
+                reauthenticated = True
+                await self.session.rebuild(
+                    SessionRebuildCause.REMOTE_AUTH_FAILURE,
+                    seen_generation=request.generation,
+                )
+                self._retries += 1
+                continue
+            except InferenceError as error:
+                now = trio.current_time()
+                if isinstance(error, RateLimitedError) and error.retry_after is not None:
+                    self._limiter.pause_until(now + error.retry_after)
+                decision = self._retry.decide(
+                    attempt,
+                    error,
+                    now=now,
+                    deadline=request.deadline,
+                    output_started=request.output_started,
+                )
+                if not decision.retry:
+                    raise decision.error from None
+            self._retries += 1
+            attempt += 1
+            await trio.sleep(decision.delay)
+
+    async def _attempt(self, request: _Request, *, take_permit: bool) -> None:
+        permit = None
+        if take_permit:
+            permit = await self._limiter.acquire(
+                requests=1,
+                tokens=request.batch.estimated_total_tokens(),
+                deadline=request.deadline,
+            )
+        request.usage = None
+        try:
+            breaker_permit = self._breaker.check()
+            try:
+                async with self.session.borrow() as snapshot:
+                    request.generation = snapshot.generation
+                    await self._exchange(request, snapshot.client, snapshot.credential)
+            except InferenceError as error:
+                self._breaker.record_failure(breaker_permit, error)
+                raise
+            except BaseException:
+                self._breaker.release(breaker_permit)
+                raise
+            self._breaker.record_success(breaker_permit)
+        finally:
+            if permit is not None:
+                used = request.usage.total_tokens if request.usage is not None else None
+                permit.release(actual_tokens=used)
+
+    def _first_byte_timeout(self, request: _Request) -> RequestTimeoutError:
+        elapsed = trio.current_time() - request.arrival
+        return RequestTimeoutError(
+            f"{self.provider.name}: no response within {elapsed:.3g}s of the request's "
+            "arrival; the upstream is slow (raise timeouts.request_timeout if expected)",
+            phase="first_byte",
+            elapsed_s=elapsed,
+        )
+
+    async def _exchange(
+        self, request: _Request, client: httpx.AsyncClient, credential: Secret | None
+    ) -> None:
+        wire = self.provider.build_request(request.batch, credential)
+        timeouts = self.deployment.timeouts
+        http_request = client.build_request(
+            wire.method,
+            wire.url,
+            headers=wire.headers,
+            json=wire.json,
+            # first byte and read gaps are bounded by the cancel scopes below
+            timeout=httpx.Timeout(
+                connect=timeouts.connect_timeout, read=None, write=None, pool=None
+            ),
+        )
+        with map_http_errors(provider=self.provider.name):
+            with trio.move_on_at(request.deadline) as head_scope:
+                response = await client.send(http_request, stream=True)
+            if head_scope.cancelled_caught:
+                raise self._first_byte_timeout(request)
+            try:
+                await self._consume(request, response)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
+                    await response.aclose()
+
+    async def _consume(self, request: _Request, response: httpx.Response) -> None:
+        reads = response.aiter_bytes()
+        if response.status_code >= 400:
+            body = await self._read_all(reads)
+            raise classify_http_status(
+                self.provider.name,
+                response.status_code,
+                response.headers,
+                body,
+                refine=self.provider.refine_error,
+            )
+        content_type = response.headers.get("content-type", "")
+        if content_type.startswith("text/event-stream"):
+            await self._relay_stream(request, reads)
+            return
+        body = await self._read_all(reads)
+        try:
+            parsed = json.loads(body)
+            chunks = self.provider.parse_response(request.batch, parsed)
+        except ValueError as exc:
+            raise MalformedStreamError(
+                f"{self.provider.name}: the response body is not the JSON expected ({exc})"
+            ) from exc
+        for chunk in chunks:
+            await self._emit(request, chunk)
+
+    async def _relay_stream(self, request: _Request, reads: AsyncIterator[bytes]) -> None:
+        decoder = SSEDecoder()
+        parser = self.provider.stream_parser(request.batch)
+        while (data := await self._read(reads)) is not None:
+            for event in decoder.receive_data(data):
+                for chunk in self._feed(parser, event):
+                    await self._emit(request, chunk)
+                if parser.finished:
+                    return
+        for event in decoder.close():
+            for chunk in self._feed(parser, event):
+                await self._emit(request, chunk)
+        if not parser.finished:
+            for chunk in parser.end():
+                await self._emit(request, chunk)
+
+    def _feed(self, parser: StreamParser, event: SSEEvent) -> Sequence[TokenChunk]:
+        try:
+            return parser.feed(event)
+        except ValueError as exc:
+            raise MalformedStreamError(
+                f"{self.provider.name}: an event of the stream could not be parsed ({exc})"
+            ) from exc
+
+    async def _read(self, reads: AsyncIterator[bytes]) -> bytes | None:
+        """The next body read (``None`` at the end), bounded by ``read_timeout``."""
+        gap = self.deployment.timeouts.read_timeout
+        with trio.move_on_after(gap):
+            try:
+                return await reads.__anext__()
+            except StopAsyncIteration:
+                return None
+        raise RequestTimeoutError(
+            f"{self.provider.name}: no data for {gap:g}s in the middle of the response "
+            "(timeouts.read_timeout)",
+            phase="read",
+            elapsed_s=gap,
+        )
+
+    async def _read_all(self, reads: AsyncIterator[bytes]) -> bytes:
+        parts = []
+        while (data := await self._read(reads)) is not None:
+            parts.append(data)
+        return b"".join(parts)
+
+    async def _emit(self, request: _Request, chunk: TokenChunk) -> None:
+        if chunk.usage is not None:
+            request.usage = chunk.usage
+        request.output_started = True
+        await request.send.send(chunk)
+
+
+def _new_queue(maxsize: int) -> Any:
+    from ._queue import BoundedPriorityQueue
+
+    return BoundedPriorityQueue(maxsize)
+
+
+def _limiter_and_breaker(
+    provider: str, deployment: Deployment, limiter: Any, breaker: Any, state: Any
+) -> tuple[Any, Any]:
+    if limiter is not None and breaker is not None:
+        return limiter, breaker
+    if state is None:
+        from ._state import MemoryStateBackend
+
+        state = MemoryStateBackend()
+    key = f"deployment:{deployment.name}"
+    if limiter is None:
+        limiter = state.limiter(key, deployment.rate_limits)
+    if breaker is None:
+        breaker = state.breaker(key, deployment.circuit_breaker, provider=provider)
+    return limiter, breaker
