@@ -9,6 +9,7 @@ from ._breaker import (
     BreakerStatistics as BreakerStatistics,
     CircuitBreaker as CircuitBreaker,
 )
+from ._bucket import RollingWindow as RollingWindow, TokenBucket as TokenBucket
 from ._classify import (
     classify_http_status as classify_http_status,
     error_message as error_message,
@@ -26,6 +27,11 @@ from ._http import (
     map_http_errors as map_http_errors,
     open_http_client as open_http_client,
     redacted_url as redacted_url,
+)
+from ._limiter import (
+    RateLimiter as RateLimiter,
+    RateLimiterStatistics as RateLimiterStatistics,
+    RateLimitPermit as RateLimitPermit,
 )
 from ._retry import RetryDecision as RetryDecision, RetryEngine as RetryEngine
 from ._session import (
@@ -53,15 +59,20 @@ __all__: list[str] = [
     "HttpClientOptions",
     "Provider",
     "ProviderRequest",
+    "RateLimitPermit",
+    "RateLimiter",
+    "RateLimiterStatistics",
     "RemoteEngine",
     "RemoteSession",
     "RetryDecision",
     "RetryEngine",
+    "RollingWindow",
     "SSEDecoder",
     "SSEEvent",
     "SessionSnapshot",
     "StaticCredential",
     "StreamParser",
+    "TokenBucket",
     "aiter_sse",
     "classify_http_status",
     "compute_backoff",
