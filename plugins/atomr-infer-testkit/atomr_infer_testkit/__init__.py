@@ -8,6 +8,14 @@ from ._mock_anthropic import (
 )
 from ._mock_gemini import MockGeminiServer as MockGeminiServer, mock_gemini as mock_gemini
 from ._mock_openai import MockOpenAIServer as MockOpenAIServer, mock_openai as mock_openai
+from ._mock_runner import (
+    MOCK_PRICES as MOCK_PRICES,
+    MockConfig as MockConfig,
+    MockCounters as MockCounters,
+    MockReplicaCrash as MockReplicaCrash,
+    MockRunner as MockRunner,
+    mock_runtime_plugin as mock_runtime_plugin,
+)
 from ._mock_server import (
     Fault as Fault,
     JSONReply as JSONReply,
@@ -19,17 +27,23 @@ from ._mock_server import (
 )
 
 __all__: list[str] = [
+    "MOCK_PRICES",
     "Fault",
     "JSONReply",
     "MockAnthropicServer",
+    "MockConfig",
+    "MockCounters",
     "MockGeminiServer",
     "MockOpenAIServer",
     "MockProviderServer",
+    "MockReplicaCrash",
+    "MockRunner",
     "RecordedRequest",
     "StreamReply",
     "mock_anthropic",
     "mock_gemini",
     "mock_openai",
+    "mock_runtime_plugin",
     "open_mock_server",
     "sse_frame",
 ]

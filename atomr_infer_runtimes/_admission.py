@@ -1,0 +1,228 @@
+"""Admission of one request to one deployment: budget ▸ rate limit ▸ capacity.
+
+- budget: reserve the worst-case cost (see ``_budget``);
+- rate limit: the first attempt's permit from the deployment's ``RateLimiter``
+  (one request plus the estimated tokens; the remote engine takes one per retry);
+- capacity: a slot of ``serving.max_concurrent`` per serving replica (halved while a
+  ``throttle`` budget is exceeded). When none is free, ``on_capacity_exhausted`` says:
+  ``reject`` fails now, ``queue`` waits (priority, then FIFO; at most
+  ``serving.max_queued`` waiters) until the request's deadline, ``fallback`` fails with
+  CapacityExhaustedError so the cluster moves to the next deployment.
+
+Waits run in the caller's task under the request's deadline scope: cancelling the
+request removes it from every queue at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from atomr_infer_core import CapacityPolicy, Deployment, ExecuteBatch, Priority, TokenUsage
+from atomr_infer_core.errors import CapacityExhaustedError
+
+from ._budget import BudgetGuard, Reservation
+from ._metrics import ClusterMetrics
+
+__all__ = ["Admission", "CapacityGate", "Ticket"]
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    event: trio.Event = attrs.Factory(trio.Event)
+    granted: bool = False
+    abandoned: bool = False
+
+
+class CapacityGate:
+    """Counting slots with a bounded priority-then-FIFO waiting line.
+
+    A released slot is handed straight to the head waiter, so a newcomer cannot overtake
+    the line. Not thread-safe (one trio run).
+    """
+
+    def __init__(self, limit: int, max_queued: int) -> None:
+        self._limit = limit
+        self.max_queued = max_queued
+        self.in_use = 0
+        self._heap: list[tuple[int, int, _Waiter]] = []
+        self._seq = itertools.count()
+        self._queued = 0
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def set_limit(self, limit: int) -> None:
+        """Change the number of slots (replicas came or went, throttle); wakes waiters."""
+        self._limit = max(0, limit)
+        self._grant()
+
+    def try_acquire(self) -> bool:
+        if self.in_use < self._limit and self._queued == 0:
+            self.in_use += 1
+            return True
+        return False
+
+    async def acquire(self, priority: Priority) -> None:
+        """Wait for a slot in line. Raises CapacityExhaustedError when the line is full."""
+        if self.try_acquire():
+            await trio.lowlevel.checkpoint()
+            return
+        if self._queued >= self.max_queued:
+            raise CapacityExhaustedError(
+                f"the waiting queue is full ({self.max_queued} requests); retry later or "
+                "raise serving.max_queued"
+            )
+        waiter = _Waiter()
+        heapq.heappush(self._heap, (-int(priority), next(self._seq), waiter))
+        self._queued += 1
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:
+                self.release()
+            else:
+                waiter.abandoned = True
+                self._queued -= 1
+            raise
+
+    def release(self) -> None:
+        self.in_use -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._heap and self.in_use < self._limit:
+            _, _, waiter = heapq.heappop(self._heap)
+            if waiter.abandoned:
+                continue
+            self._queued -= 1
+            waiter.granted = True
+            self.in_use += 1
+            waiter.event.set()
+        # drop abandoned waiters at the head so the heap does not grow without bound
+        while self._heap and self._heap[0][2].abandoned:
+            heapq.heappop(self._heap)
+
+
+@attrs.define(eq=False)
+class Ticket:
+    """What admission handed out for one attempt; :meth:`Admission.release` returns it."""
+
+    reservation: Reservation | None = None
+    permit: Any = None
+    slot: bool = False
+
+
+class Admission:
+    """Admission control of one deployment."""
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        *,
+        budget: BudgetGuard,
+        limiter: Any,
+        metrics: ClusterMetrics,
+        serving_replicas: Callable[[], int],
+    ) -> None:
+        self.deployment = deployment
+        self.budget = budget
+        self.limiter = limiter
+        self._metrics = metrics
+        self._serving_replicas = serving_replicas
+        self.capacity = CapacityGate(0, deployment.serving.max_queued)
+        budget.on_throttle_change = lambda _over: self.refresh_capacity()
+
+    def refresh_capacity(self) -> None:
+        """Recompute the slot count from serving replicas and the throttle."""
+        slots = self.deployment.serving.max_concurrent * self._serving_replicas()
+        if self.budget.throttled and slots > 0:
+            slots = max(1, slots // 2)
+        self.capacity.set_limit(slots)
+        self._metrics.queue_depth.labels(self.deployment.name).set(self.capacity.queued)
+
+    async def admit(
+        self, batch: ExecuteBatch, *, deadline: float, on_phase: Callable[[str], None]
+    ) -> Ticket:
+        """Budget, then rate limit, then capacity. The caller's scope enforces ``deadline``.
+
+        Raises BudgetExceededError, RateLimitedError, CapacityExhaustedError; on any
+        error, what was taken is given back before raising.
+        """
+        ticket = Ticket()
+        try:
+            on_phase("budget")
+            ticket.reservation = await self.budget.reserve(batch)
+            on_phase("rate_limit")
+            ticket.permit = await self._permit(batch, deadline)
+            on_phase("queue")
+            await self._slot(batch)
+            ticket.slot = True
+        except BaseException:
+            await self.release(ticket, None)
+            raise
+        return ticket
+
+    async def _permit(self, batch: ExecuteBatch, deadline: float) -> Any:
+        if self.limiter is None:
+            return None
+        started = trio.current_time()
+        permit = await self.limiter.acquire(
+            requests=1,
+            tokens=batch.estimated_total_tokens(),
+            deadline=deadline if math.isfinite(deadline) else None,
+            wait=self.deployment.serving.on_capacity_exhausted is CapacityPolicy.QUEUE,
+        )
+        waited = trio.current_time() - started
+        if waited > 0:
+            self._metrics.limiter_wait.labels(self.deployment.name).observe(waited)
+        return permit
+
+    async def _slot(self, batch: ExecuteBatch) -> None:
+        gate = self.capacity
+        if gate.try_acquire():
+            return
+        policy = self.deployment.serving.on_capacity_exhausted
+        if policy is not CapacityPolicy.QUEUE:
+            raise CapacityExhaustedError(
+                f"deployment {self.deployment.name!r} is at capacity ({gate.in_use} of "
+                f"{gate.limit} slots busy; on_capacity_exhausted = {policy.value})",
+                retry_after_s=1.0,
+            )
+        name = self.deployment.name
+        started = trio.current_time()
+        self._metrics.queue_depth.labels(name).set(gate.queued + 1)
+        try:
+            await gate.acquire(batch.priority)
+        finally:
+            self._metrics.queue_depth.labels(name).set(gate.queued)
+        self._metrics.queue_wait.labels(name).observe(trio.current_time() - started)
+
+    async def release(self, ticket: Ticket, usage: TokenUsage | None) -> float | None:
+        """Give back the slot and the permit; settle (or release) the budget."""
+        if ticket.slot:
+            ticket.slot = False
+            self.capacity.release()
+            self._metrics.queue_depth.labels(self.deployment.name).set(self.capacity.queued)
+        if ticket.permit is not None:
+            permit, ticket.permit = ticket.permit, None
+            _release_permit(self.limiter, permit, usage)
+        if ticket.reservation is not None:
+            reservation, ticket.reservation = ticket.reservation, None
+            return await self.budget.settle(reservation, usage)
+        return None
+
+
+def _release_permit(limiter: Any, permit: Any, usage: TokenUsage | None) -> None:
+    permit.release(actual_tokens=None if usage is None else usage.total_tokens)

@@ -1,0 +1,797 @@
+"""``open_cluster``: the root nursery, its deployments, and the request path.
+
+::
+
+    async with open_cluster(config) as cluster:
+        reply = await cluster.complete("chat", messages=[...])
+        async with cluster.stream("chat", messages=[...]) as chunks:
+            async for chunk in chunks: ...
+            chunks.deployment     # which deployment served it
+
+Request path (in the caller's task): resolve the model to a deployment ▸ for it and then
+each of its ``fallbacks``: admission (budget ▸ rate limit ▸ capacity) ▸ least-outstanding
+replica ▸ ``runner.execute``. Everything up to the first chunk runs under the request's
+deadline (``batch.deadline``, else arrival + ``timeouts.request_timeout``). A failure
+before the first chunk moves on to a sibling replica (crash) or the next fallback;
+after output began, the error goes to the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import attrs
+import trio
+
+from atomr_infer_core import (
+    Config,
+    Deployment,
+    ExecuteBatch,
+    Message,
+    Priority,
+    RequestKind,
+    RuntimePlugin,
+    SamplingParams,
+    StateBackendKind,
+    TokenChunk,
+    Tokens,
+    TokensBuilder,
+    TokenUsage,
+)
+from atomr_infer_core.config import load_config
+from atomr_infer_core.errors import (
+    BadRequestError,
+    CapacityExhaustedError,
+    ConfigError,
+    ContentFilteredError,
+    ContextLengthExceededError,
+    DrainingError,
+    InferenceError,
+    InternalError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    SessionPoisonedError,
+)
+
+from ._admission import Ticket
+from ._deployments import DeploymentRuntime, DeploymentState, DeploymentStatus, ReplicaSlot
+from ._metrics import BREAKER_STATE_VALUES, ClusterMetrics
+from ._plugins import PluginRegistry
+from ._routing import fallback_chain, resolve_deployment
+from ._supervisor import RestartPolicy
+
+__all__ = ["Cluster", "ClusterStatus", "Execution", "open_cluster"]
+
+log = logging.getLogger("atomr_infer.cluster")
+
+# Errors about the request itself: another deployment would refuse it too.
+_NO_FALLBACK = (
+    BadRequestError,
+    ContextLengthExceededError,
+    ContentFilteredError,
+    PayloadTooLargeError,
+    NotFoundError,
+)
+
+
+@attrs.frozen(kw_only=True)
+class ClusterStatus:
+    """Health of the whole cluster: ready when every deployment is serving."""
+
+    name: str
+    ready: bool
+    deployments: tuple[DeploymentStatus, ...]
+
+
+class _RequestLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Puts the request id (and deployment, once known) on every line of a request."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        prefix = f"request_id={extra.get('request_id')}"
+        if extra.get("deployment"):
+            prefix += f" deployment={extra['deployment']}"
+        kwargs.setdefault("extra", {}).update(extra)
+        return f"[{prefix}] {msg}", kwargs
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(e) for e in exc.exceptions)
+    return False
+
+
+class _Attempt:
+    """One try of a request on one deployment; the replica may abort it."""
+
+    def __init__(self, runtime: DeploymentRuntime, deadline: float) -> None:
+        self.runtime = runtime
+        self.scope = trio.CancelScope(deadline=deadline)
+        self.error: InferenceError | None = None
+        self.replica: ReplicaSlot | None = None
+
+    def abort(self, error: InferenceError) -> None:
+        """Fail this attempt with ``error`` (replica crashed, deployment stopped)."""
+        if self.error is None:
+            self.error = error
+            self.scope.cancel()
+
+
+_NOTHING: Any = object()
+
+
+class Execution:
+    """The handle :meth:`Cluster.execute` returns: ``async with`` it to get the chunks.
+
+    Attributes:
+        request_id: the batch's request id.
+        deployment: the deployment serving the request, set once it was routed and its
+            first chunk arrived (``None`` before, or when every deployment failed).
+        usage: the last usage the runner reported.
+        cost_usd: the request's cost from the price table, set on exit.
+
+    Errors are InferenceError subclasses (with ``.deployment`` set), raised from
+    ``__aenter__`` when no deployment produced output, or from iteration after output
+    began. Leaving the block cancels the request's work.
+    """
+
+    def __init__(self, cluster: Cluster, batch: ExecuteBatch) -> None:
+        self._cluster = cluster
+        self.batch = batch
+        self.request_id = batch.request_id
+        self.deployment: str | None = None
+        self.usage: TokenUsage | None = None
+        self.cost_usd: float | None = None
+        self._log = _RequestLog(log, {"request_id": batch.request_id})
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._attempt: _Attempt | None = None
+        self._iterator: AsyncIterator[TokenChunk] | None = None
+        self._first: Any = _NOTHING
+        self._done = False
+        self._arrival = 0.0
+        self._phase = "queue"
+        self._entered = False
+
+    # -- entering: route, admit, dispatch, first chunk ------------------------------
+
+    async def __aenter__(self) -> Execution:
+        if self._entered:
+            raise RuntimeError("an Execution can be entered once")
+        self._entered = True
+        cluster = self._cluster
+        self._arrival = trio.current_time()
+        try:
+            primary = cluster._runtime(cluster.route(self.batch.model))
+        except InferenceError as exc:
+            cluster._count_error(self.batch.model, exc, known=False)
+            raise
+        deadline = self.batch.deadline
+        if deadline is None:
+            deadline = self._arrival + primary.deployment.timeouts.request_timeout
+        chain = fallback_chain(primary.name, cluster._fallbacks())
+        last: InferenceError | None = None
+        for position, name in enumerate(chain):
+            runtime = cluster._deployments.get(name)
+            if runtime is None:
+                continue
+            try:
+                await self._start_on(runtime, deadline)
+                return self
+            except InferenceError as exc:
+                if exc.deployment is None:
+                    exc.deployment = name
+                last = exc
+                cluster._count_error(name, exc)
+                if not self._may_fall_back(exc, deadline) or position == len(chain) - 1:
+                    raise
+                cluster.metrics.fallbacks.labels(name, exc.kind).inc()
+                self._log.warning(
+                    "deployment %s failed before output (%s: %s); trying its fallback",
+                    name,
+                    exc.kind,
+                    exc.message,
+                )
+        assert last is not None
+        raise last
+
+    def _may_fall_back(self, exc: InferenceError, deadline: float) -> bool:
+        """Before output, anything but a bad request moves on, while time is left."""
+        if isinstance(exc, _NO_FALLBACK):
+            return False
+        return trio.current_time() < deadline
+
+    async def _start_on(self, runtime: DeploymentRuntime, deadline: float) -> None:
+        """Start on ``runtime``, moving to a sibling replica when one crashes under us."""
+        tries = max(1, runtime.deployment.replicas)
+        for attempt_no in range(tries):
+            try:
+                await self._try(runtime, deadline)
+                return
+            except SessionPoisonedError:
+                crashed = self._attempt is not None and self._attempt.error is not None
+                last_try = attempt_no == tries - 1
+                if not crashed or last_try or not runtime.deployment.idempotent:
+                    raise
+                if runtime.state is not DeploymentState.SERVING:
+                    raise
+                self._log.warning("replica crashed before output; re-routing to a sibling")
+
+    async def _try(self, runtime: DeploymentRuntime, deadline: float) -> None:
+        stack = contextlib.AsyncExitStack()
+        attempt = _Attempt(runtime, deadline)
+        self._attempt = attempt
+        self._phase = "queue"
+        stack.enter_context(attempt.scope)
+        runtime.attempts.add(attempt)
+        stack.callback(self._cluster._attempt_done, runtime, attempt)
+        try:
+            await self._wait_serving(runtime)
+            self._check_breaker(runtime)
+            ticket = await runtime.admission.admit(
+                self.batch, deadline=deadline, on_phase=self._set_phase
+            )
+            stack.push_async_callback(self._release, runtime, ticket)
+            self._phase = "queue"
+            replica = await self._pick(runtime)
+            attempt.replica = replica
+            runtime.dispatched(replica, attempt)
+            stack.callback(runtime.finished, replica, attempt)
+            self._phase = "first_byte"
+            batch = attrs.evolve(self.batch, model=runtime.deployment.model, deadline=deadline)
+            self._log.debug("dispatched to replica %d", replica.index)
+            iterator = await stack.enter_async_context(replica.runner.execute(batch))
+            first = await _first_chunk(iterator)
+        except BaseException as exc:
+            error = self._attempt_error(attempt, exc, deadline)
+            if error is None:
+                await stack.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            await stack.__aexit__(type(error), error, error.__traceback__)
+            raise error from None
+        attempt.scope.deadline = math.inf
+        self._stack = stack
+        self._iterator = iterator
+        self._first = first
+        self.deployment = runtime.name
+        self._log.extra = {"request_id": self.request_id, "deployment": runtime.name}
+        self._cluster.metrics.ttft.labels(runtime.name).observe(trio.current_time() - self._arrival)
+
+    def _set_phase(self, phase: str) -> None:
+        self._phase = phase
+
+    def _attempt_error(
+        self, attempt: _Attempt, exc: BaseException, deadline: float
+    ) -> InferenceError | None:
+        """The typed error an attempt ended with (``None``: re-raise ``exc`` as is)."""
+        if attempt.error is not None and (_only_cancelled(exc) or isinstance(exc, InferenceError)):
+            return attempt.error
+        if attempt.scope.cancel_called and _only_cancelled(exc):
+            waited = trio.current_time() - self._arrival
+            phase = "first_byte" if self._phase == "first_byte" else "queue"
+            return RequestTimeoutError(
+                f"no output from deployment {attempt.runtime.name!r} within the request "
+                f"deadline ({waited:.3f}s, waiting in phase {self._phase!r}); raise "
+                "timeouts.request_timeout or add capacity",
+                elapsed_s=waited,
+                phase=phase,
+            )
+        return None
+
+    async def _wait_serving(self, runtime: DeploymentRuntime) -> None:
+        while runtime.state is DeploymentState.PENDING:
+            await runtime.wait_changed()
+        if runtime.state is DeploymentState.FAILED:
+            raise CapacityExhaustedError(
+                f"deployment {runtime.name!r} has failed ({runtime.reason}); fix it and "
+                "deploy it again"
+            )
+        if runtime.state is DeploymentState.DRAINING:
+            raise DrainingError(f"deployment {runtime.name!r} is being undeployed")
+
+    def _check_breaker(self, runtime: DeploymentRuntime) -> None:
+        breaker = runtime.breaker
+        if breaker is not None and breaker.state == "open":
+            breaker.check()  # raises CircuitOpenError with truthful timestamps
+
+    async def _pick(self, runtime: DeploymentRuntime) -> ReplicaSlot:
+        while True:
+            if runtime.state is not DeploymentState.SERVING:
+                await self._wait_serving(runtime)
+            replica = runtime.pick_replica()
+            if replica is not None:
+                return replica
+            await runtime.wait_changed()
+
+    async def _release(self, runtime: DeploymentRuntime, ticket: Ticket) -> None:
+        with trio.CancelScope(shield=True):
+            cost = await runtime.admission.release(ticket, self.usage)
+        if cost is None and self.usage is not None:
+            cost = runtime.budget.cost(self.usage)
+        self.cost_usd = cost
+
+    # -- iterating --------------------------------------------------------------------
+
+    def __aiter__(self) -> Execution:
+        return self
+
+    async def __anext__(self) -> TokenChunk:
+        if self._iterator is None:
+            raise RuntimeError("use `async with cluster.execute(batch) as chunks`")
+        if self._first is not _NOTHING:
+            chunk, self._first = self._first, _NOTHING
+            if chunk is None:
+                self._done = True
+                raise StopAsyncIteration
+        else:
+            try:
+                chunk = await self._iterator.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                raise
+            except BaseException as exc:
+                error = self._stream_error(exc)
+                if error is None:
+                    raise
+                raise error from None
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        return chunk
+
+    def _stream_error(self, exc: BaseException) -> InferenceError | None:
+        attempt = self._attempt
+        if attempt is not None and attempt.error is not None:
+            if _only_cancelled(exc) or isinstance(exc, InferenceError):
+                return attempt.error
+        if isinstance(exc, InferenceError) and exc.deployment is None:
+            exc.deployment = self.deployment
+        return None
+
+    # -- leaving ---------------------------------------------------------------------
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return None
+        error: BaseException | None = exc
+        try:
+            suppressed = await stack.__aexit__(exc_type, exc, tb)
+            if suppressed and exc is not None:
+                # our attempt scope swallowed its own cancellation: say why it happened
+                attempt = self._attempt
+                error = (attempt.error if attempt else None) or InternalError(
+                    "the request was cancelled by the runtime layer"
+                )
+                error.deployment = error.deployment or self.deployment
+                raise error
+        except BaseException as new:
+            error = new
+            raise
+        finally:
+            self._record(error)
+        return None
+
+    def _record(self, error: BaseException | None) -> None:
+        cluster = self._cluster
+        name = self.deployment or "?"
+        now = trio.current_time()
+        if error is None:
+            cluster.metrics.requests.labels(name, "ok", "").inc()
+            cluster.metrics.latency.labels(name).observe(now - self._arrival)
+        elif isinstance(error, InferenceError):
+            cluster.metrics.requests.labels(name, "error", error.kind).inc()
+            self._log.warning("failed after output began: %s: %s", error.kind, error.message)
+        elif _only_cancelled(error):
+            cluster.metrics.requests.labels(name, "cancelled", "").inc()
+        else:
+            cluster.metrics.requests.labels(name, "error", type(error).__name__).inc()
+        if self.usage is not None:
+            cluster.metrics.tokens_in.labels(name).inc(self.usage.input_tokens)
+            cluster.metrics.tokens_out.labels(name).inc(self.usage.output_tokens)
+        if self.cost_usd:
+            cluster.metrics.cost.labels(name).inc(self.cost_usd)
+
+
+async def _first_chunk(iterator: AsyncIterator[TokenChunk]) -> TokenChunk | None:
+    try:
+        return await iterator.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+class Cluster:
+    """Deployments under supervision in one nursery; build it with :func:`open_cluster`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        nursery: trio.Nursery,
+        registry: PluginRegistry,
+        state: Any,
+        clock: Callable[[], float],
+        restart_policy: RestartPolicy,
+    ) -> None:
+        self.config = config
+        self.metrics = ClusterMetrics()
+        self.plugins = registry
+        self.state = state
+        self.restart_policy = restart_policy
+        self._nursery = nursery
+        self._clock = clock
+        self._deployments: dict[str, DeploymentRuntime] = {}
+        self._order: list[str] = []
+        self.metrics.on_render(self._refresh_gauges)
+
+    # -- routing -------------------------------------------------------------------
+
+    def route(self, model: str) -> str:
+        """The deployment ``model`` names (a deployment name, or a unique model)."""
+        return resolve_deployment(
+            model, {name: rt.deployment.model for name, rt in self._deployments.items()}
+        )
+
+    def _runtime(self, name: str) -> DeploymentRuntime:
+        return self._deployments[name]
+
+    def _fallbacks(self) -> Mapping[str, Sequence[str]]:
+        return {name: rt.deployment.fallbacks for name, rt in self._deployments.items()}
+
+    def breaker(self, name: str) -> Any:
+        """The circuit breaker of deployment ``name`` (operators: ``force_open``)."""
+        return self._deployments[name].breaker
+
+    def limiter(self, name: str) -> Any:
+        return self._deployments[name].limiter
+
+    def runtime(self, name: str) -> DeploymentRuntime:
+        """The live deployment (replicas, admission, budget) — for health and tests."""
+        return self._deployments[name]
+
+    # -- requests ------------------------------------------------------------------
+
+    def execute(self, batch: ExecuteBatch) -> Execution:
+        """Route and run ``batch``; ``async with`` the result to get its chunks."""
+        return Execution(self, batch)
+
+    def _batch(
+        self,
+        model: str,
+        kind: RequestKind,
+        *,
+        messages: Sequence[Message | Mapping[str, Any]] | None = None,
+        prompt: str | None = None,
+        inputs: Sequence[str] | None = None,
+        request_id: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        timeout: float | None = None,
+        stream: bool = False,
+        dimensions: int | None = None,
+        sampling: Mapping[str, Any] | None = None,
+    ) -> ExecuteBatch:
+        if kind is not RequestKind.EMBEDDING:
+            if (messages is None) == (prompt is None):
+                raise BadRequestError("pass exactly one of messages= or prompt=", param="messages")
+            kind = RequestKind.CHAT if messages is not None else RequestKind.COMPLETION
+        built = None
+        if messages is not None:
+            built = tuple(m if isinstance(m, Message) else Message(**m) for m in messages)
+        try:
+            params = SamplingParams(**(sampling or {}))
+        except (TypeError, ValueError) as exc:
+            raise BadRequestError(f"invalid sampling parameters: {exc}") from None
+        return ExecuteBatch(
+            request_id=request_id or f"req-{uuid.uuid4().hex}",
+            model=model,
+            kind=kind,
+            messages=built,
+            prompt=prompt,
+            inputs=tuple(inputs) if inputs is not None else None,
+            sampling=params,
+            stream=stream,
+            priority=priority,
+            deadline=None if timeout is None else trio.current_time() + timeout,
+            dimensions=dimensions,
+        )
+
+    async def complete(
+        self,
+        model: str,
+        *,
+        messages: Sequence[Message | Mapping[str, Any]] | None = None,
+        prompt: str | None = None,
+        request_id: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        timeout: float | None = None,
+        **sampling: Any,
+    ) -> Tokens:
+        """The whole answer. ``timeout`` bounds the wait for the first token.
+
+        ``Tokens.deployment`` names the deployment that served it; ``cost_usd`` is its
+        cost from the runtime's price table (``None`` when unpriced).
+        """
+        batch = self._batch(
+            model,
+            RequestKind.CHAT,
+            messages=messages,
+            prompt=prompt,
+            request_id=request_id,
+            priority=priority,
+            timeout=timeout,
+            sampling=sampling,
+        )
+        return await self._collect(batch)
+
+    async def _collect(self, batch: ExecuteBatch) -> Tokens:
+        handle = self.execute(batch)
+        builder = TokensBuilder(request_id=batch.request_id)
+        async with handle as chunks:
+            async for chunk in chunks:
+                builder.add(chunk)
+        return builder.build(deployment=handle.deployment, cost_usd=handle.cost_usd)
+
+    def stream(
+        self,
+        model: str,
+        *,
+        messages: Sequence[Message | Mapping[str, Any]] | None = None,
+        prompt: str | None = None,
+        request_id: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        timeout: float | None = None,
+        **sampling: Any,
+    ) -> Execution:
+        """``async with cluster.stream(...) as chunks: async for chunk in chunks``.
+
+        ``chunks.deployment`` names the deployment serving it.
+        """
+        batch = self._batch(
+            model,
+            RequestKind.CHAT,
+            messages=messages,
+            prompt=prompt,
+            request_id=request_id,
+            priority=priority,
+            timeout=timeout,
+            stream=True,
+            sampling=sampling,
+        )
+        return self.execute(batch)
+
+    async def embed(
+        self,
+        model: str,
+        inputs: Sequence[str],
+        *,
+        dimensions: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Tokens:
+        """Embeddings of ``inputs`` (``Tokens.embeddings``, in input order)."""
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        batch = self._batch(
+            model,
+            RequestKind.EMBEDDING,
+            inputs=inputs,
+            dimensions=dimensions,
+            request_id=request_id,
+            timeout=timeout,
+        )
+        return await self._collect(batch)
+
+    # -- deployments -----------------------------------------------------------------
+
+    def _prepare(self, deployment: Deployment, path: str) -> tuple[RuntimePlugin, Any]:
+        problems = [(f"{path}.{p}", m) for p, m in deployment.problems()]
+        if problems:
+            raise ConfigError(problems)
+        plugin = self.plugins.runtime_for(deployment, path=path)
+        config = plugin.structure_config(deployment.runtime_config, path=f"{path}.runtime_config")
+        return plugin, config
+
+    async def deploy(self, deployment: Deployment, *, _path: str | None = None) -> DeploymentStatus:
+        """Start ``deployment`` (hot); replaces a running one of the same name.
+
+        Returns once its replicas started (state ``serving``), or it failed (state
+        ``failed`` with the reason). A replaced deployment drains in the background.
+
+        Raises:
+            RuntimeNotInstalledError: its runtime's plugin is not installed.
+            ConfigError: the deployment or its ``runtime_config`` is invalid.
+        """
+        path = _path or f"deployment[{deployment.name!r}]"
+        plugin, runtime_config = self._prepare(deployment, path)
+        runtime = DeploymentRuntime(
+            deployment,
+            plugin,
+            runtime_config,
+            state_backend=self.state,
+            limiter=_limiter(self.state, deployment),
+            breaker=_breaker(self.state, deployment, plugin),
+            metrics=self.metrics,
+            policy=self.restart_policy,
+            clock=self._clock,
+        )
+        await self._nursery.start(runtime.run)
+        old = self._deployments.get(deployment.name)
+        self._deployments[deployment.name] = runtime
+        if deployment.name not in self._order:
+            self._order.append(deployment.name)
+        if old is not None:
+            self._nursery.start_soon(self._retire, old, True)
+        log.info("deployment %s: %s", deployment.name, runtime.state.value)
+        return runtime.status()
+
+    async def undeploy(self, name: str, *, drain: bool = True) -> None:
+        """Stop deployment ``name``: no new requests; in-flight ones finish first when
+        ``drain`` (up to ``cluster.shutdown_grace``), else they fail with DrainingError."""
+        runtime = self._deployments.pop(name, None)
+        if runtime is None:
+            raise NotFoundError(f"no deployment named {name!r}", model=name)
+        self._order.remove(name)
+        await self._retire(runtime, drain)
+        self.metrics.forget(name)
+
+    async def _retire(self, runtime: DeploymentRuntime, drain: bool) -> None:
+        runtime.start_draining()
+        if drain:
+            with trio.move_on_after(self.config.cluster.shutdown_grace):
+                while runtime.attempts:
+                    await runtime.wait_changed()
+        runtime.abort_all(DrainingError(f"deployment {runtime.name!r} was undeployed"))
+        runtime.stop()
+
+    def _attempt_done(self, runtime: DeploymentRuntime, attempt: _Attempt) -> None:
+        runtime.attempts.discard(attempt)
+        if runtime.state is DeploymentState.DRAINING and not runtime.attempts:
+            runtime.notify()
+
+    # -- health ------------------------------------------------------------------------
+
+    def list(self) -> list[DeploymentStatus]:
+        return [self._deployments[name].status() for name in self._order]
+
+    def status(self) -> ClusterStatus:
+        deployments = tuple(self.list())
+        return ClusterStatus(
+            name=self.config.cluster.name,
+            ready=all(d.state == DeploymentState.SERVING.value for d in deployments),
+            deployments=deployments,
+        )
+
+    def _count_error(self, name: str, exc: InferenceError, *, known: bool = True) -> None:
+        label = name if known else "?"
+        self.metrics.requests.labels(label, "error", exc.kind).inc()
+
+    def _refresh_gauges(self) -> None:
+        for name, runtime in self._deployments.items():
+            status = runtime.status()
+            self.metrics.breaker_state.labels(name).set(
+                BREAKER_STATE_VALUES.get(status.breaker, 0.0)
+            )
+            self.metrics.in_flight.labels(name).set(runtime.outstanding)
+            self.metrics.queue_depth.labels(name).set(runtime.admission.capacity.queued)
+
+
+def _limiter(state: Any, deployment: Deployment) -> Any:
+    return state.limiter(f"limits:{deployment.name}", deployment.rate_limits)
+
+
+def _breaker(state: Any, deployment: Deployment, plugin: RuntimePlugin) -> Any:
+    return state.breaker(
+        f"breaker:{deployment.name}", deployment.circuit_breaker, provider=str(plugin.name)
+    )
+
+
+def _coerce_config(config: Config | str | os.PathLike[str] | Sequence[Deployment]) -> Config:
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, str | os.PathLike):
+        return load_config(config)
+    deployments = tuple(config)
+    for dep in deployments:
+        if not isinstance(dep, Deployment):
+            raise TypeError(
+                "open_cluster takes a Config, a path to a TOML file, or a sequence of "
+                f"Deployment values (got a {type(dep).__name__} in the sequence)"
+            )
+    return Config(deployments=deployments)
+
+
+def _default_clock(config: Config) -> Callable[[], float]:
+    # Spend windows shared through Redis need a clock every process agrees on.
+    if config.state.backend is StateBackendKind.REDIS:
+        return time.time
+    return trio.current_time
+
+
+@contextlib.asynccontextmanager
+async def open_cluster(
+    config: Config | str | os.PathLike[str] | Sequence[Deployment],
+    *,
+    plugins: Sequence[RuntimePlugin | object] = (),
+    load_entry_points: bool = True,
+    clock: Callable[[], float] | None = None,
+    restart_policy: RestartPolicy | None = None,
+) -> AsyncIterator[Cluster]:
+    """Start every deployment of ``config`` under one nursery; stop them all on exit.
+
+    Args:
+        config: a Config, a TOML path, or a sequence of Deployment values.
+        plugins: RuntimePlugin values or plugin modules registered in code (they win
+            over entry points of the same runtime).
+        load_entry_points: load installed plugins (``ATOMR_INFER_LOAD_PLUGINS`` limits
+            which).
+        clock: time base of budget windows (default trio's clock; wall time with Redis).
+        restart_policy: replica restart backoff and intensity (default 3 in 60 s).
+
+    Raises:
+        RuntimeNotInstalledError / ConfigError before anything starts, naming every
+        deployment whose runtime is missing or whose ``runtime_config`` is invalid.
+    """
+    cfg = _coerce_config(config)
+    registry = PluginRegistry()
+    try:
+        if load_entry_points:
+            registry.load_entry_points()
+        for plugin in plugins:
+            registry.add(plugin)
+        _check_all(cfg, registry)
+        async with _open_state(cfg) as state, trio.open_nursery() as nursery:
+            cluster = Cluster(
+                cfg,
+                nursery=nursery,
+                registry=registry,
+                state=state,
+                clock=clock or _default_clock(cfg),
+                restart_policy=restart_policy or RestartPolicy(),
+            )
+            for index, deployment in enumerate(cfg.deployments):
+                await cluster.deploy(deployment, _path=f"deployment[{index}]")
+            try:
+                yield cluster
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        registry.close()
+
+
+def _check_all(config: Config, registry: PluginRegistry) -> None:
+    """Every deployment's runtime is installed and its runtime_config valid; else raise
+    the one error, or a ConfigError listing all of them."""
+    errors: list[ConfigError] = []
+    for index, deployment in enumerate(config.deployments):
+        path = f"deployment[{index}]"
+        try:
+            plugin = registry.runtime_for(deployment, path=path)
+            plugin.structure_config(deployment.runtime_config, path=f"{path}.runtime_config")
+        except ConfigError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigError([p for exc in errors for p in exc.problems])
+
+
+@contextlib.asynccontextmanager
+async def _open_state(config: Config) -> AsyncIterator[Any]:
+    from atomr_infer_remote import open_state_backend
+
+    async with open_state_backend(config.state) as state:
+        yield state

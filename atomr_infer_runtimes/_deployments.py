@@ -1,0 +1,369 @@
+"""One deployment at run time: its replicas under a supervisor, its state and admission.
+
+States: ``pending`` (replicas starting) → ``serving`` → ``draining`` (undeploy: no new
+requests, in-flight ones finish) → gone; or ``failed`` (a replica exceeded its restart
+intensity, or the runner could not be built), with a reason.
+
+Replica life: ``starting`` → ``serving``; a crash marks it ``down``: its in-flight
+requests fail with SessionPoisonedError (the cluster re-routes those that streamed
+nothing to a sibling), ``rebuild_session(REPLICA_RESTART)`` runs after the backoff, and
+the replica rejoins routing once ``run()`` reports started again.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from atomr_infer_core import (
+    Deployment,
+    ModelRunner,
+    RunnerContext,
+    RuntimePlugin,
+    SessionRebuildCause,
+    StepModel,
+)
+from atomr_infer_core.errors import InferenceError, SessionPoisonedError
+
+from ._admission import Admission
+from ._budget import BudgetGuard
+from ._metrics import ClusterMetrics
+from ._routing import least_outstanding
+from ._supervisor import ChildState, RestartPolicy, SupervisedChild, Supervisor
+
+__all__ = [
+    "DeploymentRuntime",
+    "DeploymentState",
+    "DeploymentStatus",
+    "ReplicaSlot",
+    "ReplicaState",
+    "ReplicaStatus",
+]
+
+log = logging.getLogger("atomr_infer.deployments")
+
+
+class DeploymentState(str, enum.Enum):
+    PENDING = "pending"
+    SERVING = "serving"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ReplicaState(str, enum.Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    DOWN = "down"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen(kw_only=True)
+class ReplicaStatus:
+    index: int
+    state: str
+    outstanding: int
+    restarts: int
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentStatus:
+    """What ``Cluster.list()`` reports for one deployment."""
+
+    name: str
+    model: str
+    runtime: str
+    state: str
+    reason: str | None
+    replicas: tuple[ReplicaStatus, ...]
+    breaker: str
+    spend_hour_usd: float
+    spend_day_usd: float
+
+
+class InFlight(Protocol):
+    """A request attempt running on a replica (the cluster's attempt object)."""
+
+    def abort(self, error: InferenceError) -> None: ...
+
+
+@attrs.define(eq=False)
+class ReplicaSlot:
+    index: int
+    runner: ModelRunner
+    state: ReplicaState = ReplicaState.STARTING
+    outstanding: int = 0
+    restarts: int = 0
+    child: SupervisedChild | None = None
+    inflight: set[Any] = attrs.Factory(set)
+
+
+def build_runner(
+    plugin: RuntimePlugin, deployment: Deployment, config: Any, context: RunnerContext
+) -> ModelRunner:
+    """``plugin.create``, wrapping a StepModel in the local batching engine."""
+    made = plugin.create(deployment, config, context)
+    if isinstance(made, StepModel) and not hasattr(made, "execute"):
+        from ._batching import LocalEngineRunner
+
+        return LocalEngineRunner(made, deployment)
+    return made
+
+
+class DeploymentRuntime:
+    """A deployment's replicas, supervisor, admission and live state.
+
+    ``run`` is started in the cluster's nursery; cancelling :attr:`cancel_scope`
+    stops every replica.
+    """
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        plugin: RuntimePlugin,
+        runtime_config: Any,
+        *,
+        state_backend: Any,
+        limiter: Any,
+        breaker: Any,
+        metrics: ClusterMetrics,
+        policy: RestartPolicy,
+        clock: Callable[[], float],
+    ) -> None:
+        self.deployment = deployment
+        self.name = deployment.name
+        self.plugin = plugin
+        self.runtime_config = runtime_config
+        self.state_backend = state_backend
+        self.limiter = limiter
+        self.breaker = breaker
+        self.metrics = metrics
+        self.policy = policy
+        self.state = DeploymentState.PENDING
+        self.reason: str | None = None
+        self.replicas: list[ReplicaSlot] = []
+        #: request attempts on this deployment, queued or dispatched (drain waits for them)
+        self.attempts: set[Any] = set()
+        self.cancel_scope = trio.CancelScope()
+        self._changed = trio.Event()
+        self._last_pick = -1
+        price = plugin.prices.lookup(deployment.model)
+        self.price = price
+        self.budget = BudgetGuard(deployment, price, state_backend, metrics, clock)
+        self.admission = Admission(
+            deployment,
+            budget=self.budget,
+            limiter=limiter,
+            metrics=metrics,
+            serving_replicas=self.serving_count,
+        )
+
+    # -- state --------------------------------------------------------------------
+
+    def notify(self) -> None:
+        self.admission.refresh_capacity()
+        self.metrics.deployment_up.labels(self.name).set(
+            1.0 if self.state is DeploymentState.SERVING else 0.0
+        )
+        self.metrics.in_flight.labels(self.name).set(self.outstanding)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    def serving_count(self) -> int:
+        if self.state is DeploymentState.FAILED:
+            return 0
+        return sum(1 for r in self.replicas if r.state is ReplicaState.SERVING)
+
+    @property
+    def outstanding(self) -> int:
+        return sum(r.outstanding for r in self.replicas)
+
+    def pick_replica(self) -> ReplicaSlot | None:
+        """The serving replica with the fewest outstanding requests (ties round-robin)."""
+        idx = least_outstanding(
+            ((r.index, r.outstanding) for r in self.replicas if r.state is ReplicaState.SERVING),
+            after=self._last_pick,
+        )
+        if idx is None:
+            return None
+        self._last_pick = idx
+        return self.replicas[idx]
+
+    def dispatched(self, replica: ReplicaSlot, attempt: Any) -> None:
+        replica.outstanding += 1
+        replica.inflight.add(attempt)
+        self.metrics.in_flight.labels(self.name).set(self.outstanding)
+
+    def finished(self, replica: ReplicaSlot, attempt: Any) -> None:
+        replica.outstanding -= 1
+        replica.inflight.discard(attempt)
+        self.metrics.in_flight.labels(self.name).set(self.outstanding)
+        if self.state is DeploymentState.DRAINING and self.outstanding == 0:
+            self.notify()
+
+    def status(self) -> DeploymentStatus:
+        return DeploymentStatus(
+            name=self.name,
+            model=self.deployment.model,
+            runtime=str(self.plugin.name),
+            state=self.state.value,
+            reason=self.reason,
+            replicas=tuple(
+                ReplicaStatus(
+                    index=r.index,
+                    state=r.state.value,
+                    outstanding=r.outstanding,
+                    restarts=r.restarts,
+                )
+                for r in self.replicas
+            ),
+            breaker=breaker_state(self.breaker),
+            spend_hour_usd=self.budget.spend["hour"],
+            spend_day_usd=self.budget.spend["day"],
+        )
+
+    # -- life ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start every replica, report started, and supervise them until cancelled.
+
+        Reports started also when the deployment failed while starting (its state then
+        says ``failed`` with the reason)."""
+        started = False
+        with self.cancel_scope:
+            async with trio.open_nursery() as nursery:
+                supervisor = Supervisor(
+                    f"deployment {self.name!r}", nursery, self.policy, on_escalate=self._escalate
+                )
+                try:
+                    self._build_replicas()
+                except Exception as exc:  # the plugin's factory failed: a config problem
+                    self._fail(f"could not create the runner: {type(exc).__name__}: {exc}")
+                else:
+                    for replica in self.replicas:
+                        await self._start_replica(supervisor, replica)
+                    if self.state is DeploymentState.PENDING:
+                        self.state = DeploymentState.SERVING
+                        self.notify()
+                    started = True
+                    task_status.started()
+                    await trio.sleep_forever()
+        for replica in self.replicas:
+            if replica.state is not ReplicaState.FAILED:
+                replica.state = ReplicaState.STOPPED
+        self.notify()
+        if not started:
+            task_status.started()
+
+    def _build_replicas(self) -> None:
+        services = {"limiter": self.limiter, "breaker": self.breaker, "metrics": self.metrics}
+        for index in range(self.deployment.replicas):
+            context = RunnerContext(
+                replica_index=index, state=self.state_backend, services=services
+            )
+            runner = build_runner(self.plugin, self.deployment, self.runtime_config, context)
+            self.replicas.append(ReplicaSlot(index=index, runner=runner))
+
+    async def _start_replica(self, supervisor: Supervisor, replica: ReplicaSlot) -> None:
+        def on_running(_child: SupervisedChild) -> None:
+            replica.state = ReplicaState.SERVING
+            log.info("deployment %s: replica %d serving", self.name, replica.index)
+            self.notify()
+
+        def on_crash(child: SupervisedChild, error: BaseException) -> None:
+            replica.state = ReplicaState.DOWN
+            replica.restarts = child.restarts
+            self.metrics.restarts.labels(self.name).inc()
+            log.warning(
+                "deployment %s: replica %d crashed (%s: %s); failing %d in-flight requests",
+                self.name,
+                replica.index,
+                type(error).__name__,
+                error,
+                len(replica.inflight),
+            )
+            self._abort_inflight(
+                replica,
+                SessionPoisonedError(
+                    f"replica {replica.index} of deployment {self.name!r} crashed "
+                    f"({type(error).__name__}: {error}); it restarts with backoff"
+                ),
+            )
+            self.notify()
+
+        async def before_restart(child: SupervisedChild) -> None:
+            replica.restarts = child.restarts
+            await replica.runner.rebuild_session(SessionRebuildCause.REPLICA_RESTART)
+
+        replica.child = await supervisor.start_child(
+            f"replica-{replica.index}",
+            replica.runner.run,
+            on_crash=on_crash,
+            before_restart=before_restart,
+            on_running=on_running,
+        )
+        if replica.child.state is ChildState.FAILED:
+            replica.state = ReplicaState.FAILED
+
+    def _abort_inflight(self, replica: ReplicaSlot, error: InferenceError) -> None:
+        for attempt in list(replica.inflight):
+            attempt.abort(error)
+
+    def _escalate(self, child: SupervisedChild, error: BaseException) -> None:
+        for replica in self.replicas:
+            if replica.child is child or f"replica-{replica.index}" == child.name:
+                replica.state = ReplicaState.FAILED
+                replica.restarts = child.restarts
+        self._fail(
+            f"{child.name} exceeded its restart intensity ({self.policy.max_restarts} restarts "
+            f"within {self.policy.period:g}s); last error: {type(error).__name__}: {error}"
+        )
+
+    def _fail(self, reason: str) -> None:
+        """Escalation: the deployment stops serving; in-flight requests fail typed."""
+        self.state = DeploymentState.FAILED
+        self.reason = reason
+        log.error("deployment %s failed: %s", self.name, reason)
+        self.abort_all(SessionPoisonedError(f"deployment {self.name!r} failed: {reason}"))
+        self.notify()
+        self.cancel_scope.cancel()
+
+    def start_draining(self) -> None:
+        if self.state is not DeploymentState.FAILED:
+            self.state = DeploymentState.DRAINING
+            self.reason = "undeploying: finishing in-flight requests"
+        self.notify()
+
+    def abort_all(self, error: InferenceError) -> None:
+        for attempt in list(self.attempts):
+            attempt.abort(error)
+
+    def stop(self) -> None:
+        self.cancel_scope.cancel()
+
+
+def breaker_state(breaker: Any) -> str:
+    """``closed`` | ``open`` | ``half_open`` of a breaker (``closed`` when none)."""
+    if breaker is None:
+        return "closed"
+    state = getattr(breaker, "state", None)
+    if callable(state):
+        state = state()
+    if state is None:
+        return "closed"
+    value = getattr(state, "value", state)
+    return str(value).lower().replace("-", "_")
