@@ -33,6 +33,11 @@ from ._limiter import (
     RateLimiterStatistics as RateLimiterStatistics,
     RateLimitPermit as RateLimitPermit,
 )
+from ._queue import (
+    BoundedPriorityQueue as BoundedPriorityQueue,
+    PriorityHeap as PriorityHeap,
+    QueueStatistics as QueueStatistics,
+)
 from ._retry import RetryDecision as RetryDecision, RetryEngine as RetryEngine
 from ._session import (
     CallableCredential as CallableCredential,
@@ -47,6 +52,7 @@ from ._session import (
 from ._sse import SSEDecoder as SSEDecoder, SSEEvent as SSEEvent, aiter_sse as aiter_sse
 
 __all__: list[str] = [
+    "BoundedPriorityQueue",
     "BreakerCore",
     "BreakerPermit",
     "BreakerStatistics",
@@ -57,8 +63,10 @@ __all__: list[str] = [
     "EnvCredential",
     "FileCredential",
     "HttpClientOptions",
+    "PriorityHeap",
     "Provider",
     "ProviderRequest",
+    "QueueStatistics",
     "RateLimitPermit",
     "RateLimiter",
     "RateLimiterStatistics",
