@@ -50,6 +50,13 @@ from ._session import (
     open_remote_session as open_remote_session,
 )
 from ._sse import SSEDecoder as SSEDecoder, SSEEvent as SSEEvent, aiter_sse as aiter_sse
+from ._state import (
+    MemorySpendWindow as MemorySpendWindow,
+    MemoryStateBackend as MemoryStateBackend,
+    SpendWindow as SpendWindow,
+    StateBackend as StateBackend,
+    open_state_backend as open_state_backend,
+)
 
 __all__: list[str] = [
     "BoundedPriorityQueue",
@@ -63,6 +70,8 @@ __all__: list[str] = [
     "EnvCredential",
     "FileCredential",
     "HttpClientOptions",
+    "MemorySpendWindow",
+    "MemoryStateBackend",
     "PriorityHeap",
     "Provider",
     "ProviderRequest",
@@ -78,6 +87,8 @@ __all__: list[str] = [
     "SSEDecoder",
     "SSEEvent",
     "SessionSnapshot",
+    "SpendWindow",
+    "StateBackend",
     "StaticCredential",
     "StreamParser",
     "TokenBucket",
@@ -88,6 +99,7 @@ __all__: list[str] = [
     "map_http_errors",
     "open_http_client",
     "open_remote_session",
+    "open_state_backend",
     "parse_error_body",
     "parse_retry_after",
     "redacted_url",
