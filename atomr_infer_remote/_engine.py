@@ -61,8 +61,11 @@ from atomr_infer_core.errors import (
     UnauthorizedError,
 )
 
+from ._breaker import CircuitBreaker
 from ._classify import classify_http_status
 from ._http import HttpClientOptions, map_http_errors
+from ._limiter import RateLimiter
+from ._queue import BoundedPriorityQueue
 from ._retry import RetryEngine
 from ._session import CredentialProvider, RemoteSession, open_remote_session
 from ._sse import SSEDecoder, SSEEvent
@@ -246,7 +249,9 @@ class RemoteEngine:
             provider.name, deployment, limiter, breaker, state
         )
         self._retry = RetryEngine(deployment.retry, idempotent=deployment.idempotent, rng=rng)
-        self._queue: Any = _new_queue(deployment.serving.max_queued)
+        self._queue: BoundedPriorityQueue[_Request] = BoundedPriorityQueue(
+            deployment.serving.max_queued
+        )
         self._session: RemoteSession | None = None
         self._requests: set[_Request] = set()
         self._queued = 0
@@ -584,24 +589,19 @@ class RemoteEngine:
         await request.send.send(chunk)
 
 
-def _new_queue(maxsize: int) -> Any:
-    from ._queue import BoundedPriorityQueue
-
-    return BoundedPriorityQueue(maxsize)
-
-
 def _limiter_and_breaker(
     provider: str, deployment: Deployment, limiter: Any, breaker: Any, state: Any
 ) -> tuple[Any, Any]:
-    if limiter is not None and breaker is not None:
-        return limiter, breaker
-    if state is None:
-        from ._state import MemoryStateBackend
-
-        state = MemoryStateBackend()
+    """The given limiter and breaker, else ones from the state backend, else in-memory ones."""
     key = f"deployment:{deployment.name}"
     if limiter is None:
-        limiter = state.limiter(key, deployment.rate_limits)
+        if state is not None:
+            limiter = state.limiter(key, deployment.rate_limits)
+        else:
+            limiter = RateLimiter(deployment.rate_limits, name=key)
     if breaker is None:
-        breaker = state.breaker(key, deployment.circuit_breaker, provider=provider)
+        if state is not None:
+            breaker = state.breaker(key, deployment.circuit_breaker, provider=provider)
+        else:
+            breaker = CircuitBreaker(deployment.circuit_breaker, name=key, provider=provider)
     return limiter, breaker
