@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 from atomr_infer._cli import main
 
@@ -95,3 +96,128 @@ def test_export_onnx_without_the_torch_plugin_says_so(
     monkeypatch.setitem(sys.modules, "atomr_infer_torch", None)
     assert main(["export-onnx", "sshleifer/tiny-gpt2", "/tmp/x.onnx"]) == 1
     assert "pip install atomr-infer-torch" in capsys.readouterr().err
+
+
+STREAMING = """
+[cluster]
+name = "t"
+bind = "127.0.0.1:0"
+shutdown_grace = "20s"
+
+[[deployment]]
+name = "echo"
+model = "mock"
+runtime = "mock"
+[deployment.runtime_config]
+chunks = ["a", "b", "c", "d", "e"]
+chunk_delay = "100ms"
+"""
+
+
+async def _read_banner(proc: trio.Process) -> str:
+    assert proc.stdout is not None
+    buffer = b""
+    while b"atomr-infer gateway on " not in buffer or not buffer.endswith(b"\n"):
+        data = await proc.stdout.receive_some(4096)
+        assert data, "serve exited before printing its banner"
+        buffer += data
+    line = next(ln for ln in buffer.decode().splitlines() if "atomr-infer gateway on " in ln)
+    return line.split(" on ", 1)[1].split()[0]
+
+
+@pytest.mark.slow
+async def test_sigterm_drains_ten_in_flight_streams_and_exits_0(tmp_path: Path) -> None:
+    import signal
+
+    import httpx
+
+    path = tmp_path / "atomr.toml"
+    path.write_text(STREAMING)
+    proc = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "atomr_infer",
+            "serve",
+            "--config",
+            str(path),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env=_env(ATOMR_INFER_LOAD_PLUGINS="testkit"),
+    )
+    try:
+        with trio.fail_after(60):
+            url = await _read_banner(proc)
+            results: list[list[str]] = []
+            first_chunks = trio.Semaphore(0)
+            body = {
+                "model": "echo",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+            }
+            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+
+                async def stream() -> None:
+                    lines: list[str] = []
+                    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                        assert response.status_code == 200
+                        async for line in response.aiter_lines():
+                            if line:
+                                lines.append(line)
+                            if len(lines) == 2:
+                                first_chunks.release()
+                    results.append(lines)
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(10):
+                        nursery.start_soon(stream)
+                    for _ in range(10):
+                        await first_chunks.acquire()
+                    proc.send_signal(signal.SIGTERM)
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+    assert len(results) == 10
+    for lines in results:
+        assert lines[-1] == "data: [DONE]"
+        assert sum('"content":"' in ln for ln in lines) == 6  # role chunk + 5 tokens
+
+
+REMOTE_ONLY_PROBE = """
+import os, signal, sys
+import atomr_infer._cli as cli
+
+banner = cli._banner
+def stop_after_start(url, config):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return banner(url, config)
+cli._banner = stop_after_start
+code = cli.main(["serve", "--config", sys.argv[1], "--port", "0", "--log-level", "warning"])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnxruntime", "transformers"))
+print("EXIT", code, "HEAVY", heavy)
+"""
+
+
+@pytest.mark.slow
+def test_remote_only_serve_imports_no_torch_or_onnxruntime(tmp_path: Path) -> None:
+    path = tmp_path / "atomr.toml"
+    path.write_text(
+        '[cluster]\nbind = "127.0.0.1:0"\n\n[[deployment]]\nname = "chat"\nmodel = "gpt-4o-mini"\n'
+        'runtime = "openai"\n[deployment.runtime_config]\nbase_url = "http://127.0.0.1:9/v1"\n'
+        'api_key = "sk-test"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_ONLY_PROBE, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "ATOMR_INFER_LOAD_PLUGINS"},
+        timeout=120,
+    )
+    assert "EXIT 0 HEAVY []" in result.stdout, result.stdout + result.stderr
