@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+from ._config import AnthropicConfig as AnthropicConfig
+from ._plugin import PLUGIN as PLUGIN
 from ._prices import PRICES as PRICES
+from ._runner import (
+    AnthropicProvider as AnthropicProvider,
+    AnthropicRunner as AnthropicRunner,
+    create_runner as create_runner,
+)
 
-__all__ = ["PRICES"]
+__all__ = [
+    "PLUGIN",
+    "PRICES",
+    "AnthropicConfig",
+    "AnthropicProvider",
+    "AnthropicRunner",
+    "create_runner",
+]

@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
+from ._config import (
+    CommandCredential as CommandCredential,
+    GeminiConfig as GeminiConfig,
+    SafetySetting as SafetySetting,
+)
+from ._plugin import PLUGIN as PLUGIN
 from ._prices import PRICES as PRICES
+from ._runner import (
+    GeminiProvider as GeminiProvider,
+    GeminiRunner as GeminiRunner,
+    create_runner as create_runner,
+)
 
-__all__ = ["PRICES"]
+__all__ = [
+    "PLUGIN",
+    "PRICES",
+    "CommandCredential",
+    "GeminiConfig",
+    "GeminiProvider",
+    "GeminiRunner",
+    "SafetySetting",
+    "create_runner",
+]
