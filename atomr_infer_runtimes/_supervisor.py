@@ -171,9 +171,10 @@ class Supervisor:
                     if error is None:
                         child.state = ChildState.STOPPED
                         return
+                    restart = self._may_restart(child)
                     if on_crash is not None:
                         on_crash(child, error)
-                    if not self._may_restart(child):
+                    if not restart:
                         self._fail(child, error)
                         return
                     child.state = ChildState.RESTARTING
