@@ -28,7 +28,7 @@ from atomr_infer_core import RequestKind, TokensBuilder
 from atomr_infer_core.errors import InferenceError, InternalError, NotFoundError
 
 from ._auth import KeyChecker
-from ._disconnect import ClientDisconnected, cancel_on_disconnect, read_body
+from ._disconnect import ClientDisconnected, ResponseState, cancel_on_disconnect, read_body
 from ._errors import error_body, error_headers, error_response, error_sse_event
 from ._openai import (
     ChatStreamEncoder,
@@ -122,7 +122,13 @@ class _Gateway:
         request_id = _request_id(headers.get(b"x-request-id"))
         extra = [(b"x-request-id", request_id.encode())]
         status = 200
-        gone: list[bool] = []
+        state = ResponseState()
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                state.finished = True
+            await send(message)
+
         try:
             self.keys.check(headers.get(b"authorization"))
             length = headers.get(b"content-length")
@@ -133,16 +139,16 @@ class _Gateway:
             )
             parsed: ParsedRequest = parser(parse_json_body(body), request_id)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, gone)
-                status = await self._dispatch(parsed, send, extra)
+                nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, state)
+                status = await self._dispatch(parsed, tracked_send, extra)
                 nursery.cancel_scope.cancel()
         except InferenceError as exc:
             status = exc.http_status
             await _send_error(send, exc, extra)
         except ClientDisconnected:
-            gone.append(True)
+            state.gone = True
         finally:
-            if gone:
+            if state.gone:
                 status = 499
             logger.info(
                 "%s %s %d request_id=%s %.1fms",

@@ -15,7 +15,7 @@ import trio
 
 from atomr_infer_core.errors import PayloadTooLargeError
 
-__all__ = ["ClientDisconnected", "cancel_on_disconnect", "read_body"]
+__all__ = ["ClientDisconnected", "ResponseState", "cancel_on_disconnect", "read_body"]
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -58,15 +58,29 @@ async def read_body(receive: Receive, *, limit: int, content_length: int | None)
             return b"".join(parts)
 
 
-async def cancel_on_disconnect(receive: Receive, scope: trio.CancelScope, flag: list[bool]) -> None:
-    """Wait for ``http.disconnect`` and cancel ``scope``; append True to ``flag`` first.
+class ResponseState:
+    """What the watcher needs to know: has the response ended, did the client leave."""
+
+    __slots__ = ("finished", "gone")
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.gone = False
+
+
+async def cancel_on_disconnect(
+    receive: Receive, scope: trio.CancelScope, state: ResponseState
+) -> None:
+    """Wait for ``http.disconnect`` and cancel ``scope`` unless the response already ended.
 
     Run it in the request's nursery after the body was read; cancel it when the
-    response is complete.
+    response is complete. hypercorn also queues ``http.disconnect`` once a response
+    was sent in full, which is not a client leaving.
     """
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            flag.append(True)
-            scope.cancel()
+            if not state.finished:
+                state.gone = True
+                scope.cancel()
             return

@@ -365,3 +365,33 @@ async def test_shutdown_trigger_lets_in_flight_streams_finish(default_cluster: F
                 await fresh.get("/health/live")
         nursery.cancel_scope.cancel()
     assert done == ["[DONE]"] * 10
+
+
+async def test_request_log_line_has_status_and_request_id(
+    default_cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="atomr_infer.gateway")
+    async with open_gateway(default_cluster) as url, httpx.AsyncClient(base_url=url) as http:
+        await http.post(
+            "/v1/chat/completions",
+            json={"model": "chat", "messages": HI},
+            headers={"x-request-id": "r-1"},
+        )
+        await http.post(
+            "/v1/chat/completions",
+            json={"model": "chat", "messages": HI, "stream": True},
+            headers={"x-request-id": "r-2"},
+        )
+        await http.post(
+            "/v1/chat/completions",
+            json={"model": "nope", "messages": HI},
+            headers={"x-request-id": "r-3"},
+        )
+    lines = [
+        r.getMessage().rsplit(" ", 1)[0] for r in caplog.records if r.name == "atomr_infer.gateway"
+    ]
+    assert lines == [
+        "POST /v1/chat/completions 200 request_id=r-1",
+        "POST /v1/chat/completions 200 request_id=r-2",
+        "POST /v1/chat/completions 404 request_id=r-3",
+    ]
