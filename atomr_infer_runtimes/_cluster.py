@@ -690,12 +690,20 @@ class Cluster:
 
 
 def _limiter(state: Any, deployment: Deployment) -> Any:
-    return state.limiter(f"limits:{deployment.name}", deployment.rate_limits)
+    # The key carries the limits: a redeploy with new limits gets a fresh limiter, one
+    # with the same limits keeps the running windows (and shares them across processes).
+    lim = deployment.rate_limits
+    spec = (
+        f"{lim.requests_per_minute}/{lim.tokens_per_minute}/{lim.concurrent_requests}/{lim.strict}"
+    )
+    return state.limiter(f"limits:{deployment.name}:{spec}", lim)
 
 
 def _breaker(state: Any, deployment: Deployment, plugin: RuntimePlugin) -> Any:
+    cb = deployment.circuit_breaker
+    spec = f"{cb.failure_threshold}/{cb.open_duration:g}/{cb.half_open_max_probes}"
     return state.breaker(
-        f"breaker:{deployment.name}", deployment.circuit_breaker, provider=str(plugin.name)
+        f"breaker:{deployment.name}:{spec}", deployment.circuit_breaker, provider=str(plugin.name)
     )
 
 
