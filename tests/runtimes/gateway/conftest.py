@@ -149,13 +149,24 @@ class FakeCluster:
 
 @asynccontextmanager
 async def open_gateway(cluster: FakeCluster) -> AsyncIterator[str]:
-    """Run ``cluster`` and a gateway on a free loopback port; yield its base URL."""
+    """Run ``cluster`` and a gateway on a free loopback port; yield its base URL.
+
+    On exit the gateway shuts down gracefully (in-flight handlers finish), then the
+    cluster is cancelled.
+    """
+    stop = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(cluster.run)
-        url = await nursery.start(
-            lambda task_status: serve_gateway(cluster, port=0, task_status=task_status)
-        )
-        yield url
+        async with trio.open_nursery() as gateway:
+            url = await gateway.start(
+                lambda task_status: serve_gateway(
+                    cluster, port=0, shutdown_trigger=stop.wait, task_status=task_status
+                )
+            )
+            try:
+                yield url
+            finally:
+                stop.set()
         nursery.cancel_scope.cancel()
 
 
