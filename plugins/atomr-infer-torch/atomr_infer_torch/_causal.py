@@ -73,11 +73,16 @@ class _Row:
     generator: Any
     scanner: StopScanner
     pos: int
+    ignore_eos: bool = False
     generated: list[int] = attrs.Factory(list)
 
 
 class TorchCausalLM:
-    """A ``StepModel`` over a transformers causal LM (``task = "generate"``)."""
+    """A ``StepModel`` over a transformers causal LM (``task = "generate"``).
+
+    ``batch.extra["ignore_eos"] = True`` keeps generating past end-of-sequence tokens
+    (as vLLM's ``ignore_eos``; benchmarks use it for fixed-length outputs).
+    """
 
     runtime_kind = RuntimeKind(RuntimeKind.TORCH)
     capabilities = frozenset({RequestKind.CHAT, RequestKind.COMPLETION})
@@ -207,6 +212,7 @@ class TorchCausalLM:
             generator=generator,
             scanner=StopScanner(s.stop),
             pos=prompt_len,
+            ignore_eos=bool(batch.extra.get("ignore_eos", False)),
         )
 
     def _forward(self, ids: Any, mask: Any, positions: Any, keys: list[Any], values: list[Any]):
@@ -342,7 +348,7 @@ class TorchCausalLM:
             row.generated.append(token)
             finish: FinishReason | None = None
             visible = row.generated
-            if token in self.eos_ids:
+            if token in self.eos_ids and not row.ignore_eos:
                 finish = FinishReason.STOP
                 visible = row.generated[:-1]
             text = self.tokenizer.decode(visible, skip_special_tokens=True)

@@ -1,0 +1,382 @@
+"""ONNX Runtime step models: a sentence encoder and a causal LM.
+
+The causal LM graphs written by ``export-onnx`` take ``input_ids`` and
+``attention_mask`` and return logits for every position, without a KV cache, so each
+step recomputes every active sequence (left-padded, one run for the whole batch). Graphs
+with ``past_key_values.*`` inputs (Hugging Face Optimum exports) are refused with a
+clear error for now. Every method runs on one worker thread at a time (the StepModel
+contract).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from atomr_infer_core import (
+    ExecuteBatch,
+    FinishReason,
+    RequestKind,
+    RuntimeKind,
+    SequenceOutput,
+    SessionRebuildCause,
+    StopScanner,
+    TokenUsage,
+    TransportKind,
+)
+from atomr_infer_core.errors import (
+    BadRequestError,
+    ConfigError,
+    ContextLengthExceededError,
+)
+
+from ._config import OnnxConfig, OnnxTask
+from ._session import open_session
+
+__all__ = ["OnnxCausalLM", "OnnxEncoder", "locate_model", "model_task"]
+
+log = logging.getLogger("atomr_infer.onnx")
+
+
+def locate_model(path: str) -> tuple[Path, Path]:
+    """``(model.onnx, tokenizer folder)`` for a folder or a ``.onnx`` file."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "model.onnx"
+    if not p.is_file():
+        raise ConfigError(
+            [
+                (
+                    "runtime_config.path",
+                    f"{path!r}: no ONNX model there; give a folder written by "
+                    "`python -m atomr_infer export-onnx MODEL OUT` or a .onnx file",
+                )
+            ]
+        )
+    return p, p.parent
+
+
+def model_task(onnx_file: Path, configured: OnnxTask) -> OnnxTask:
+    """The task from the config, else from atomr_onnx.json, else from the graph."""
+    if configured is not OnnxTask.AUTO:
+        return configured
+    manifest = onnx_file.parent / "atomr_onnx.json"
+    if manifest.is_file():
+        return OnnxTask(json.loads(manifest.read_text())["task"])
+    import onnx
+
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    names = {o.name for o in graph.output}
+    return OnnxTask.GENERATE if "logits" in names else OnnxTask.EMBED
+
+
+class _OnnxBase:
+    runtime_kind = RuntimeKind(RuntimeKind.ONNX)
+
+    def __init__(self, config: OnnxConfig, *, path: str, name: str = "onnx") -> None:
+        self.config = config
+        self.path = path
+        self.name = name
+        self.max_batch_size = config.max_batch_size
+        self.transport_kind = TransportKind.LOCAL_CPU
+        self.session: Any = None
+        self.tokenizer: Any = None
+        #: the execution providers ONNX Runtime actually uses (health reads this)
+        self.execution_providers: tuple[str, ...] = ()
+        #: set when a requested GPU provider is not in use
+        self.provider_fallback: str | None = None
+
+    def load(self) -> None:
+        from transformers import AutoTokenizer
+
+        onnx_file, folder = locate_model(self.path)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.session, self.execution_providers, self.provider_fallback = open_session(
+            onnx_file,
+            self.config.providers,
+            name=self.name,
+            intra_op_threads=self.config.intra_op_threads,
+        )
+        gpu = any(p != "CPUExecutionProvider" for p in self.execution_providers)
+        self.transport_kind = TransportKind.LOCAL_GPU if gpu else TransportKind.LOCAL_CPU
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        if any(n.startswith("past_key_values") for n in self.input_names):
+            raise ConfigError(
+                [
+                    (
+                        "runtime_config.path",
+                        f"{self.path!r} has KV-cache inputs (an Optimum export); this runtime "
+                        "serves graphs without them for now: export with "
+                        "`python -m atomr_infer export-onnx`",
+                    )
+                ]
+            )
+        self._loaded()
+
+    def _loaded(self) -> None:
+        pass
+
+    def health(self) -> dict[str, Any]:
+        """What health endpoints show for this model."""
+        return {
+            "execution_providers": list(self.execution_providers),
+            "provider_fallback": self.provider_fallback,
+        }
+
+    def rebuild(self, cause: SessionRebuildCause) -> None:
+        log.warning("onnx deployment %r: rebuilding the session (%s)", self.name, cause)
+        self.session = None
+        self.load()
+
+    def _feed(self, ids: Any, mask: Any) -> dict[str, Any]:
+        import numpy as np
+
+        feed = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        if "position_ids" in self.input_names:
+            feed["position_ids"] = np.clip(mask.cumsum(-1) - 1, 0, None).astype(np.int64)
+        return feed
+
+
+class OnnxEncoder(_OnnxBase):
+    """Sentence embeddings: mean-pooled over the attention mask, L2-normalised."""
+
+    capabilities = frozenset({RequestKind.EMBEDDING})
+
+    def _loaded(self) -> None:
+        self.output_name = self.session.get_outputs()[0].name
+        self.max_length = int(min(self.tokenizer.model_max_length, 512))
+
+    def prompt_tokens(self, batch: ExecuteBatch) -> int:
+        texts = list(batch.inputs or [batch.prompt_text()])
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        return sum(len(ids) for ids in enc["input_ids"])
+
+    def step(
+        self, joining: Sequence[tuple[str, ExecuteBatch]], leaving: Sequence[str]
+    ) -> list[SequenceOutput]:
+        error = BadRequestError(
+            f"deployment {self.name!r} is an embedding model; use /v1/embeddings", param="model"
+        )
+        return [SequenceOutput(seq_id=seq_id, error=error) for seq_id, _ in joining]
+
+    def embed(self, inputs: Sequence[str], dimensions: int | None = None) -> list[list[float]]:
+        import numpy as np
+
+        vectors: list[list[float]] = []
+        for start in range(0, len(inputs), self.max_batch_size):
+            texts = list(inputs[start : start + self.max_batch_size])
+            enc = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="np",
+            )
+            mask = enc["attention_mask"]
+            (hidden,) = self.session.run([self.output_name], self._feed(enc["input_ids"], mask))
+            weights = mask[..., None].astype(hidden.dtype)
+            pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+            if dimensions is not None:
+                if not 1 <= dimensions <= pooled.shape[1]:
+                    raise BadRequestError(
+                        f"deployment {self.name!r} embeds in {pooled.shape[1]} dimensions; "
+                        f"dimensions must be between 1 and {pooled.shape[1]} (got {dimensions})",
+                        param="dimensions",
+                    )
+                pooled = pooled[:, :dimensions]
+            norms = np.linalg.norm(pooled, axis=-1, keepdims=True)
+            vectors += (pooled / np.clip(norms, 1e-12, None)).astype(np.float64).tolist()
+        return vectors
+
+
+def render_prompt(tokenizer: Any, batch: ExecuteBatch) -> tuple[str, bool]:
+    """Prompt text and whether to add special tokens (same rules as the torch runtime)."""
+    if batch.messages is None:
+        return batch.prompt or "", True
+    messages = [
+        {"role": "system" if str(m.role) == "developer" else str(m.role), "content": m.text}
+        for m in batch.messages
+    ]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text, False
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "assistant:"]), True
+
+
+@attrs.define(eq=False)
+class _Row:
+    seq_id: str
+    tokens: list[int]
+    prompt_len: int
+    max_new: int
+    temperature: float
+    top_p: float
+    top_k: int
+    rng: Any
+    scanner: StopScanner
+    ignore_eos: bool = False
+
+    @property
+    def generated(self) -> list[int]:
+        return self.tokens[self.prompt_len :]
+
+
+class OnnxCausalLM(_OnnxBase):
+    """A causal LM graph (logits for every position), recomputed each step for the batch."""
+
+    capabilities = frozenset({RequestKind.CHAT, RequestKind.COMPLETION})
+
+    def _loaded(self) -> None:
+        folder = locate_model(self.path)[1]
+        config: dict[str, Any] = {}
+        if (folder / "config.json").is_file():
+            config = json.loads((folder / "config.json").read_text())
+        gen: dict[str, Any] = {}
+        if (folder / "generation_config.json").is_file():
+            gen = json.loads((folder / "generation_config.json").read_text())
+        eos = gen.get("eos_token_id", config.get("eos_token_id"))
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(self.tokenizer.eos_token_id)
+        self.eos_ids = frozenset(eos_ids)
+        self.max_positions = int(
+            config.get("max_position_embeddings") or config.get("n_positions") or 2048
+        )
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self._rows: list[_Row] = []
+
+    def rebuild(self, cause: SessionRebuildCause) -> None:
+        self._rows = []
+        super().rebuild(cause)
+
+    def encode(self, batch: ExecuteBatch) -> list[int]:
+        text, special = render_prompt(self.tokenizer, batch)
+        ids = list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+        if not ids:
+            if self.tokenizer.bos_token_id is None:
+                raise BadRequestError("the prompt is empty", param="prompt")
+            ids = [self.tokenizer.bos_token_id]
+        return ids
+
+    def prompt_tokens(self, batch: ExecuteBatch) -> int:
+        return len(self.encode(batch))
+
+    def embed(self, inputs: Sequence[str], dimensions: int | None = None) -> list[list[float]]:
+        raise BadRequestError(
+            f"deployment {self.name!r} is a text generator; deploy an embedding model "
+            "for /v1/embeddings",
+            param="model",
+        )
+
+    def _new_row(self, seq_id: str, batch: ExecuteBatch) -> _Row:
+        import numpy as np
+
+        ids = self.encode(batch)
+        room = self.max_positions - len(ids)
+        if room <= 0:
+            raise ContextLengthExceededError(
+                f"the prompt takes {len(ids)} tokens; deployment {self.name!r} fits "
+                f"{self.max_positions}. Shorten the prompt.",
+                tokens=len(ids),
+                max_tokens=self.max_positions,
+            )
+        s = batch.sampling
+        seed = s.seed if s.seed is not None else random.getrandbits(63)
+        return _Row(
+            seq_id=seq_id,
+            tokens=ids,
+            prompt_len=len(ids),
+            max_new=min(s.max_tokens or self.config.default_max_tokens, room),
+            temperature=1.0 if s.temperature is None else s.temperature,
+            top_p=1.0 if s.top_p is None else s.top_p,
+            top_k=s.top_k or 0,
+            rng=np.random.default_rng(seed),
+            scanner=StopScanner(s.stop),
+            ignore_eos=bool(batch.extra.get("ignore_eos", False)),
+        )
+
+    def step(
+        self, joining: Sequence[tuple[str, ExecuteBatch]], leaving: Sequence[str]
+    ) -> list[SequenceOutput]:
+        import numpy as np
+
+        gone = set(leaving)
+        self._rows = [r for r in self._rows if r.seq_id not in gone]
+        outputs: list[SequenceOutput] = []
+        for seq_id, batch in joining:
+            try:
+                self._rows.append(self._new_row(seq_id, batch))
+            except (BadRequestError, ContextLengthExceededError) as exc:
+                outputs.append(SequenceOutput(seq_id=seq_id, error=exc))
+        if not self._rows:
+            return outputs
+        width = max(len(r.tokens) for r in self._rows)
+        ids = np.array([[self.pad_id] * (width - len(r.tokens)) + r.tokens for r in self._rows])
+        mask = np.array([[0] * (width - len(r.tokens)) + [1] * len(r.tokens) for r in self._rows])
+        (logits,) = self.session.run(["logits"], self._feed(ids, mask))
+        outputs += self._advance(logits[:, -1, :])
+        done = {o.seq_id for o in outputs if o.finish_reason is not None}
+        self._rows = [r for r in self._rows if r.seq_id not in done]
+        return outputs
+
+    def _sample(self, row: _Row, logits: Any) -> int:
+        import numpy as np
+
+        if row.temperature <= 0:
+            return int(np.argmax(logits))
+        scores = logits.astype(np.float64) / row.temperature
+        if 0 < row.top_k < scores.shape[-1]:
+            kth = np.partition(scores, -row.top_k)[-row.top_k]
+            scores = np.where(scores < kth, -np.inf, scores)
+        probs = np.exp(scores - scores.max())
+        probs /= probs.sum()
+        if row.top_p < 1.0:
+            order = np.argsort(-probs)
+            before = np.cumsum(probs[order]) - probs[order]
+            drop = order[before >= row.top_p]
+            drop = drop[drop != order[0]]
+            probs[drop] = 0.0
+            probs /= probs.sum()
+        return int(row.rng.choice(len(probs), p=probs))
+
+    def _advance(self, logits: Any) -> list[SequenceOutput]:
+        outputs = []
+        for i, row in enumerate(self._rows):
+            token = self._sample(row, logits[i])
+            row.tokens.append(token)
+            finish: FinishReason | None = None
+            visible = row.generated
+            if token in self.eos_ids and not row.ignore_eos:
+                finish = FinishReason.STOP
+                visible = visible[:-1]
+            delta, stopped = row.scanner.feed(
+                self.tokenizer.decode(visible, skip_special_tokens=True)
+            )
+            if stopped:
+                finish = FinishReason.STOP
+            elif finish is None and len(row.generated) >= row.max_new:
+                finish = FinishReason.LENGTH
+            if finish is not None and not stopped:
+                delta += row.scanner.flush()
+            usage = None
+            if finish is not None:
+                usage = TokenUsage(input_tokens=row.prompt_len, output_tokens=len(row.generated))
+            outputs.append(
+                SequenceOutput(
+                    seq_id=row.seq_id,
+                    text_delta=delta,
+                    new_tokens=1,
+                    finish_reason=finish,
+                    usage=usage,
+                )
+            )
+        return outputs
