@@ -28,6 +28,7 @@ from atomr_infer_core import (
 from atomr_infer_core.errors import InferenceError, MalformedStreamError
 from atomr_infer_remote import (
     CredentialProvider,
+    EngineStatistics,
     HttpClientOptions,
     ProviderRequest,
     RemoteEngine,
@@ -127,7 +128,7 @@ class AnthropicRunner:
     ) -> None:
         context = context or RunnerContext()
         self.config = config
-        self.provider = AnthropicProvider(config, deployment.model)
+        self.provider = AnthropicProvider(config, _upstream_model(deployment.model))
         credentials: CredentialProvider = (
             context.services.get("credentials") or config.credentials()
         )
@@ -153,6 +154,17 @@ class AnthropicRunner:
 
     async def rebuild_session(self, cause: SessionRebuildCause) -> None:
         await self.engine.rebuild_session(cause)
+
+    def statistics(self) -> EngineStatistics:
+        return self.engine.statistics()
+
+
+def _upstream_model(model: str) -> str:
+    """The model id the API knows: routing prefixes such as ``anthropic/`` are dropped."""
+    for prefix in ("anthropic/",):
+        if model.startswith(prefix):
+            return model[len(prefix) :]
+    return model
 
 
 def create_runner(

@@ -30,6 +30,7 @@ from atomr_infer_core import (
 from atomr_infer_core.errors import InferenceError, MalformedStreamError, UnauthorizedError
 from atomr_infer_remote import (
     CredentialProvider,
+    EngineStatistics,
     HttpClientOptions,
     ProviderRequest,
     RemoteEngine,
@@ -126,7 +127,7 @@ class GeminiRunner:
     ) -> None:
         context = context or RunnerContext()
         self.config = config
-        self.provider = GeminiProvider(config, deployment.model)
+        self.provider = GeminiProvider(config, _upstream_model(deployment.model))
         supplied = context.services.get("credentials")
         credentials: CredentialProvider = supplied or config.credentials()
         self._refresh = supplied is not None or config.refreshes_tokens
@@ -165,6 +166,17 @@ class GeminiRunner:
 
     async def rebuild_session(self, cause: SessionRebuildCause) -> None:
         await self.engine.rebuild_session(cause)
+
+    def statistics(self) -> EngineStatistics:
+        return self.engine.statistics()
+
+
+def _upstream_model(model: str) -> str:
+    """The model id the API knows: routing prefixes such as ``google/`` are dropped."""
+    for prefix in ("google/",):
+        if model.startswith(prefix):
+            return model[len(prefix) :]
+    return model
 
 
 def create_runner(
