@@ -15,8 +15,6 @@ request removes it from every queue at once.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +24,7 @@ import trio
 
 from atomr_infer_core import CapacityPolicy, Deployment, ExecuteBatch, Priority, TokenUsage
 from atomr_infer_core.errors import CapacityExhaustedError
+from atomr_infer_remote import BoundedPriorityQueue
 
 from ._budget import BudgetGuard, Reservation
 from ._metrics import ClusterMetrics
@@ -37,23 +36,20 @@ __all__ = ["Admission", "CapacityGate", "Ticket"]
 class _Waiter:
     event: trio.Event = attrs.Factory(trio.Event)
     granted: bool = False
-    abandoned: bool = False
 
 
 class CapacityGate:
     """Counting slots with a bounded priority-then-FIFO waiting line.
 
-    A released slot is handed straight to the head waiter, so a newcomer cannot overtake
-    the line. Not thread-safe (one trio run).
+    The line is the remote layer's ``BoundedPriorityQueue``. A released slot is handed
+    straight to the head waiter, so a newcomer cannot overtake the line. Not
+    thread-safe (one trio run).
     """
 
     def __init__(self, limit: int, max_queued: int) -> None:
         self._limit = limit
-        self.max_queued = max_queued
         self.in_use = 0
-        self._heap: list[tuple[int, int, _Waiter]] = []
-        self._seq = itertools.count()
-        self._queued = 0
+        self._line: BoundedPriorityQueue[_Waiter] = BoundedPriorityQueue(max_queued)
 
     @property
     def limit(self) -> int:
@@ -61,7 +57,7 @@ class CapacityGate:
 
     @property
     def queued(self) -> int:
-        return self._queued
+        return len(self._line)
 
     def set_limit(self, limit: int) -> None:
         """Change the number of slots (replicas came or went, throttle); wakes waiters."""
@@ -69,7 +65,7 @@ class CapacityGate:
         self._grant()
 
     def try_acquire(self) -> bool:
-        if self.in_use < self._limit and self._queued == 0:
+        if self.in_use < self._limit and not self._line:
             self.in_use += 1
             return True
         return False
@@ -79,22 +75,15 @@ class CapacityGate:
         if self.try_acquire():
             await trio.lowlevel.checkpoint()
             return
-        if self._queued >= self.max_queued:
-            raise CapacityExhaustedError(
-                f"the waiting queue is full ({self.max_queued} requests); retry later or "
-                "raise serving.max_queued"
-            )
         waiter = _Waiter()
-        heapq.heappush(self._heap, (-int(priority), next(self._seq), waiter))
-        self._queued += 1
+        self._line.put_nowait(waiter, priority)
         try:
             await waiter.event.wait()
         except BaseException:
             if waiter.granted:
                 self.release()
             else:
-                waiter.abandoned = True
-                self._queued -= 1
+                self._line.remove(waiter)
             raise
 
     def release(self) -> None:
@@ -102,17 +91,11 @@ class CapacityGate:
         self._grant()
 
     def _grant(self) -> None:
-        while self._heap and self.in_use < self._limit:
-            _, _, waiter = heapq.heappop(self._heap)
-            if waiter.abandoned:
-                continue
-            self._queued -= 1
+        while self._line and self.in_use < self._limit:
+            waiter = self._line.get_nowait()
             waiter.granted = True
             self.in_use += 1
             waiter.event.set()
-        # drop abandoned waiters at the head so the heap does not grow without bound
-        while self._heap and self._heap[0][2].abandoned:
-            heapq.heappop(self._heap)
 
 
 @attrs.define(eq=False)
