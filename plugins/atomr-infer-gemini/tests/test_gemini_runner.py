@@ -293,6 +293,31 @@ async def test_blocked_prompt_is_content_filtered_in_json_and_stream() -> None:
     assert len(server.requests) == 2
 
 
+async def test_invalid_api_key_400_rebuilds_the_session() -> None:
+    # AI Studio answers a bad key with 400 INVALID_ARGUMENT / API_KEY_INVALID, not 401
+    keys = iter(["AIza-old", "AIza-new"])
+
+    async def fetch() -> str:
+        return next(keys)
+
+    body = {
+        "error": {
+            "code": 400,
+            "message": "API key not valid. Please pass a valid API key.",
+            "status": "INVALID_ARGUMENT",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}
+            ],
+        }
+    }
+    async with mock_gemini() as server:
+        server.inject_status(400, body=body)
+        async with open_runner(server, credentials=CallableCredential(fetch)) as runner:
+            _, tokens = await collect(runner, batch())
+    assert tokens.text == "Echo: hello world"
+    assert [r.headers["x-goog-api-key"] for r in server.requests] == ["AIza-old", "AIza-new"]
+
+
 async def test_permission_denied_is_forbidden_and_bad_key_unauthorized() -> None:
     async with mock_gemini() as server, open_runner(server) as runner:
         server.inject_status(403)
