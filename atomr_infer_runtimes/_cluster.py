@@ -609,7 +609,8 @@ class Cluster:
         """Start ``deployment`` (hot); replaces a running one of the same name.
 
         Returns once its replicas started (state ``serving``), or it failed (state
-        ``failed`` with the reason). A replaced deployment drains in the background.
+        ``failed`` with the reason). A replaced deployment drains in the background; a
+        replacement that fails to start is dropped and the running one keeps serving.
 
         Raises:
             RuntimeNotInstalledError: its runtime's plugin is not installed.
@@ -630,6 +631,13 @@ class Cluster:
         )
         await self._nursery.start(runtime.run)
         old = self._deployments.get(deployment.name)
+        if old is not None and runtime.state is DeploymentState.FAILED:
+            log.error(
+                "deployment %s: the replacement failed (%s); the running one keeps serving",
+                deployment.name,
+                runtime.reason,
+            )
+            return runtime.status()
         self._deployments[deployment.name] = runtime
         if deployment.name not in self._order:
             self._order.append(deployment.name)

@@ -166,8 +166,10 @@ class Supervisor:
 
         try:
             with child.cancel_scope:
+                prepare: RestartHook | None = None
                 while True:
-                    error = await self._run_once(child, fn, running)
+                    error = await self._run_once(child, fn, running, prepare)
+                    prepare = before_restart
                     if error is None:
                         child.state = ChildState.STOPPED
                         return
@@ -189,19 +191,24 @@ class Supervisor:
                         delay,
                     )
                     await trio.sleep(delay)
-                    if before_restart is not None:
-                        await before_restart(child)
         finally:
             if child.state not in (ChildState.FAILED,):
                 child.state = ChildState.STOPPED
             report()
 
     async def _run_once(
-        self, child: SupervisedChild, fn: ChildFn, running: Callable[[], None]
+        self,
+        child: SupervisedChild,
+        fn: ChildFn,
+        running: Callable[[], None],
+        prepare: RestartHook | None,
     ) -> BaseException | None:
-        """Run ``fn`` once; return the exception it crashed with, ``None`` if it returned."""
+        """Run ``prepare`` then ``fn`` once; return the exception either crashed with
+        (a failed session rebuild counts as a crash), ``None`` if ``fn`` returned."""
         child.state = ChildState.STARTING
         try:
+            if prepare is not None:
+                await prepare(child)
             await fn(task_status=_StartedRelay(running))
         except Exception as exc:  # a crash: the supervisor's whole job is to catch it
             child.last_error = exc

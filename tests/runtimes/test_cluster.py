@@ -474,3 +474,14 @@ async def test_execute_takes_a_batch(mock_plugin, mock_deployment) -> None:
         async with cluster.execute(batch) as chunks:
             assert {c.request_id async for c in chunks} == {"r1"}
             assert chunks.deployment == "chat"
+
+
+async def test_failed_replacement_keeps_the_running_deployment(
+    mock_plugin, mock_deployment, autojump_clock
+) -> None:
+    async with cluster_of(mock_plugin, mock_deployment("a")) as cluster:
+        status = await cluster.deploy(mock_deployment("a", config={"crash_on_start": 10}))
+        assert status.state == "failed"
+        [serving] = cluster.list()
+        assert serving.state == "serving"
+        assert (await cluster.complete("a", messages=HELLO)).deployment == "a"

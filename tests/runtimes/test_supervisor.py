@@ -122,3 +122,24 @@ async def test_duplicate_child_name_is_refused() -> None:
         with pytest.raises(ValueError, match="already running"):
             await sup.start_child("worker", Flaky(crashes=0).run)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_session_rebuild_counts_as_a_crash(autojump_clock: trio.abc.Clock) -> None:
+    flaky = Flaky(crashes=1)
+    attempts: list[float] = []
+
+    async def before_restart(child: SupervisedChild) -> None:
+        attempts.append(trio.current_time())
+        if len(attempts) == 1:
+            raise ConnectionError("credential store unreachable")
+
+    async with trio.open_nursery() as nursery:
+        sup = Supervisor("test", nursery, POLICY)
+        child = await sup.start_child("worker", flaky.run, before_restart=before_restart)
+        await trio.sleep(10)
+        assert child.state is ChildState.RUNNING
+        nursery.cancel_scope.cancel()
+    # crash at 0; rebuild at 1 fails; rebuild at 1 + 2 succeeds and the child starts
+    assert attempts == [1.0, 3.0]
+    assert flaky.started_at == [0.0, 3.0]
+    assert child.restarts == 2
