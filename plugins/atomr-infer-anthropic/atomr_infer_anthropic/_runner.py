@@ -96,6 +96,8 @@ class _MessageStream:
         return chunks
 
     def end(self) -> Sequence[TokenChunk]:
+        if self.state.stopped:
+            return []  # a proxy that drops message_stop: the stop reason said it all
         raise MalformedStreamError(
             "anthropic: the stream ended before message_stop (the connection was cut); "
             "the answer is incomplete"

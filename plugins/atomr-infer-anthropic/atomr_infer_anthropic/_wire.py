@@ -324,6 +324,8 @@ class StreamState:
     usage: TokenUsage | None = None
     #: content-block index → tool-call index (OpenAI tool calls count from 0)
     tool_blocks: dict[int, int] = attrs.Factory(dict)
+    #: a ``message_delta`` carried the stop reason: the answer is complete
+    stopped: bool = False
 
     def feed(self, event: str | None, data: str) -> list[TokenChunk]:
         """The chunks one SSE event yields; raises a typed error for an ``error`` event."""
@@ -377,6 +379,7 @@ class StreamState:
     def _message_delta(self, payload: Mapping[str, Any]) -> list[TokenChunk]:
         self.usage = parse_usage(payload.get("usage") or {}, self.usage)
         reason = map_stop_reason((payload.get("delta") or {}).get("stop_reason"))
+        self.stopped = self.stopped or reason is not None
         return [TokenChunk(request_id=self.request_id, usage=self.usage, finish_reason=reason)]
 
     def _error(self, payload: Mapping[str, Any]) -> list[TokenChunk]:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from atomr_infer_anthropic import PRICES
+from atomr_infer_anthropic._runner import _MessageStream
 from atomr_infer_anthropic._wire import (
     StreamState,
     build_request_body,
@@ -39,6 +40,7 @@ from atomr_infer_core.errors import (
     ServerError,
     UnauthorizedError,
 )
+from atomr_infer_remote import SSEDecoder, SSEEvent
 
 
 def chat(*messages: Message, **kw: object) -> ExecuteBatch:
@@ -453,3 +455,47 @@ def test_cache_reads_and_writes_are_priced() -> None:
     )
     # 100k uncached at $3 + 1M reads at $0.30 + 1M writes at $3.75
     assert PRICES.cost("claude-sonnet-4-5-20250929", usage) == pytest.approx(0.3 + 0.3 + 3.75)
+
+
+# --------------------------------------------------------------------------- byte splits
+
+
+def _sse_body(events: list[dict[str, object]]) -> bytes:
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=4000), max_size=12))
+def test_any_byte_split_of_a_stream_gives_the_same_answer(cuts: list[int]) -> None:
+
+    body = _sse_body(STREAM)
+    points = sorted({c % (len(body) + 1) for c in cuts})
+    pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+    decoder = SSEDecoder()
+    parser = _MessageStream(StreamState(request_id="r1"))
+    chunks: list[TokenChunk] = []
+    for piece in pieces:
+        for event in decoder.receive_data(piece):
+            chunks += parser.feed(event)
+    for event in decoder.close():
+        chunks += parser.feed(event)
+    assert parser.finished
+    tokens = Tokens.from_chunks(chunks)
+    assert tokens.text == "Hello world"
+    assert tokens.usage == TokenUsage(
+        input_tokens=30, output_tokens=15, cached_tokens=5, cache_creation_tokens=3
+    )
+    assert tokens.choices[0].tool_calls[0]["function"]["arguments"] == '{"city":"Oslo"}'
+
+
+def test_a_stream_cut_before_the_stop_reason_is_malformed_after_it_complete() -> None:
+
+    cut = _MessageStream(StreamState())
+    for event in STREAM[:5]:
+        cut.feed(SSEEvent(event=str(event["type"]), data=json.dumps(event)))
+    with pytest.raises(MalformedStreamError):
+        cut.end()
+    complete = _MessageStream(StreamState())
+    for event in STREAM[:-1]:  # no message_stop (a proxy dropped it)
+        complete.feed(SSEEvent(event=str(event["type"]), data=json.dumps(event)))
+    assert not complete.finished
+    assert complete.end() == []

@@ -31,6 +31,7 @@ from atomr_infer_core.errors import (
     UnauthorizedError,
 )
 from atomr_infer_gemini import PRICES
+from atomr_infer_gemini._runner import _ContentStream
 from atomr_infer_gemini._wire import (
     ResponseState,
     ai_studio_url,
@@ -40,6 +41,7 @@ from atomr_infer_gemini._wire import (
     refine_error,
     vertex_url,
 )
+from atomr_infer_remote import SSEDecoder, SSEEvent
 
 
 def chat(*messages: Message, **kw: object) -> ExecuteBatch:
@@ -401,3 +403,51 @@ def test_thoughts_are_billed_as_output_and_cache_at_the_cached_rate() -> None:
     )
     # 500k uncached at $1.25 + 500k cached at $0.125 + 1M output at $10
     assert PRICES.cost("gemini-2.5-pro", usage) == pytest.approx(0.625 + 0.0625 + 10.0)
+
+
+# --------------------------------------------------------------------------- byte splits
+
+STREAM_EVENTS = [
+    {"candidates": [{"content": {"role": "model", "parts": [{"text": "Echo:"}]}, "index": 0}]},
+    {"candidates": [{"content": {"role": "model", "parts": [{"text": " hi"}]}, "index": 0}]},
+    {
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": [{"text": "!"}]},
+                "index": 0,
+                "finishReason": "STOP",
+            }
+        ],
+        "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 3},
+    },
+]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2000), max_size=10), st.booleans())
+def test_any_byte_split_of_a_stream_gives_the_same_answer(cuts: list[int], crlf: bool) -> None:
+
+    sep = "\r\n" if crlf else "\n"
+    body = "".join(f"data: {json.dumps(e)}{sep}{sep}" for e in STREAM_EVENTS).encode()
+    points = sorted({c % (len(body) + 1) for c in cuts})
+    pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+    decoder = SSEDecoder()
+    parser = _ContentStream(ResponseState(request_id="r1"))
+    chunks: list[TokenChunk] = []
+    for piece in pieces:
+        for event in decoder.receive_data(piece):
+            chunks += parser.feed(event)
+    for event in decoder.close():
+        chunks += parser.feed(event)
+    assert parser.end() == []
+    tokens = Tokens.from_chunks(chunks)
+    assert tokens.text == "Echo: hi!"
+    assert tokens.finish_reason is FinishReason.STOP
+    assert tokens.usage == TokenUsage(input_tokens=2, output_tokens=3)
+
+
+def test_a_stream_cut_before_a_finish_reason_is_malformed() -> None:
+
+    parser = _ContentStream(ResponseState())
+    parser.feed(SSEEvent(data=json.dumps(STREAM_EVENTS[0])))
+    with pytest.raises(MalformedStreamError):
+        parser.end()
