@@ -79,6 +79,10 @@ __all__ = [
 ]
 
 _CHANNEL_SIZE = 32
+#: what parsing an upstream body of the wrong shape raises (bad JSON, a missing key, a
+#: null where an object was promised): the upstream's fault, so a MalformedStreamError
+#: for the request rather than a crash of the replica
+_UNTRUSTED_SHAPE = (ValueError, KeyError, IndexError, TypeError, AttributeError)
 _CLOSE_GRACE = 1.0
 
 
@@ -104,7 +108,8 @@ class StreamParser(Protocol):
 
     ``feed`` turns one SSE event into chunks (often none); it raises an
     ``InferenceError`` for an in-band error event (classified like a status code) and
-    ``MalformedStreamError`` (or ``ValueError``) for garbage. ``finished`` becomes true
+    ``MalformedStreamError`` for garbage (``ValueError``, ``KeyError``, ``TypeError``,
+    ``IndexError`` and ``AttributeError`` from parsing untrusted JSON become one too). ``finished`` becomes true
     on the provider's end marker (``[DONE]``, ``message_stop``); the engine then stops
     reading. ``end`` is called when the body ends without the marker: it returns final
     chunks, or raises when the provider requires the marker.
@@ -530,7 +535,7 @@ class RemoteEngine:
         try:
             parsed = json.loads(body)
             chunks = self.provider.parse_response(request.batch, parsed)
-        except ValueError as exc:
+        except _UNTRUSTED_SHAPE as exc:
             raise MalformedStreamError(
                 f"{self.provider.name}: the response body is not the JSON expected ({exc})"
             ) from exc
@@ -556,7 +561,7 @@ class RemoteEngine:
     def _feed(self, parser: StreamParser, event: SSEEvent) -> Sequence[TokenChunk]:
         try:
             return parser.feed(event)
-        except ValueError as exc:
+        except _UNTRUSTED_SHAPE as exc:
             raise MalformedStreamError(
                 f"{self.provider.name}: an event of the stream could not be parsed ({exc})"
             ) from exc

@@ -432,3 +432,23 @@ async def test_own_limiter_takes_a_permit_per_attempt() -> None:
         await _collect(engine, _batch())
         await _collect(engine, _batch())
         assert engine.limiter.statistics().granted == 2
+
+
+async def test_a_body_of_the_wrong_shape_is_malformed_not_a_crash() -> None:
+    deployment = _deployment(idempotent=False)
+    async with mock_openai() as server, _engine(server, deployment) as engine:
+        server.inject_status(200, body={"choices": []})  # parse_response indexes choices[0]
+        with pytest.raises(MalformedStreamError):
+            await _collect(engine, _batch())
+        _, tokens = await _collect(engine, _batch())  # the engine still serves
+    assert tokens.text == "Echo: hello world"
+
+
+async def test_a_malformed_body_before_output_is_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with mock_openai() as server, _engine(server) as engine:
+        server.inject_status(200, body={"choices": []})
+        _, tokens = await _collect(engine, _batch())
+    assert tokens.text == "Echo: hello world"
+    assert engine.statistics().retries == 1
