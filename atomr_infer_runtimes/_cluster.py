@@ -244,6 +244,12 @@ class Execution:
             stack.push_async_callback(self._release, runtime, ticket)
             self._phase = "queue"
             replica = await self._pick(runtime)
+            if self.batch.kind not in replica.runner.capabilities:
+                raise BadRequestError(
+                    f"deployment {runtime.name!r} does not serve {self.batch.kind} requests "
+                    f"(it serves: {', '.join(sorted(map(str, replica.runner.capabilities)))})",
+                    param="model",
+                )
             attempt.replica = replica
             runtime.dispatched(replica, attempt)
             stack.callback(runtime.finished, replica, attempt)

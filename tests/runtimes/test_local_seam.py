@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+import pytest
 
 from atomr_infer_core import (
     Deployment,
@@ -20,6 +21,7 @@ from atomr_infer_core import (
     TokenUsage,
     TransportKind,
 )
+from atomr_infer_core.errors import BadRequestError
 from atomr_infer_runtimes import open_cluster
 
 
@@ -93,3 +95,5 @@ async def test_step_model_is_wrapped_in_the_local_engine() -> None:
         assert reply.deployment == "echo"
         assert reply.cost_usd is None  # local: no price table
         assert models[0].loaded
+        with pytest.raises(BadRequestError, match="does not serve embedding requests"):
+            await cluster.embed("echo", ["x"])
