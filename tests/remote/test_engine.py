@@ -452,3 +452,60 @@ async def test_a_malformed_body_before_output_is_retried(
         _, tokens = await _collect(engine, _batch())
     assert tokens.text == "Echo: hello world"
     assert engine.statistics().retries == 1
+
+
+# -- the queue ------------------------------------------------------------------------
+async def test_submit_before_run_is_draining() -> None:
+    from atomr_infer_core.errors import DrainingError
+
+    engine = RemoteEngine(MiniOpenAI("http://127.0.0.1:9"), StaticCredential(None), _deployment())
+    with pytest.raises(DrainingError):
+        async with engine.submit(_batch()):
+            pass  # pragma: no cover
+
+
+async def test_priority_then_fifo_and_queued_cancellation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from atomr_infer_core import Priority
+
+    deployment = _deployment(serving=Serving(max_concurrent=1))
+    async with mock_openai() as server, _engine(server, deployment) as engine:
+        server.slow_first_byte(5.0)  # holds the only worker slot
+        order: list[str] = []
+
+        async def ask(text: str, priority: Priority) -> None:
+            _, tokens = await _collect(engine, _batch(text, priority=priority))
+            order.append(tokens.text)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, "blocker", Priority.NORMAL)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(ask, "low", Priority.BACKGROUND)
+            nursery.start_soon(ask, "normal", Priority.NORMAL)
+            doomed = trio.CancelScope()
+            nursery.start_soon(_cancellable, engine, doomed)
+            nursery.start_soon(ask, "high", Priority.HIGH)
+            await trio.testing.wait_all_tasks_blocked()
+            assert engine.statistics().queued == 4
+            doomed.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert engine.statistics().queued == 3
+    assert order == ["Echo: blocker", "Echo: high", "Echo: normal", "Echo: low"]
+    assert len(server.requests) == 4  # the cancelled one never went out
+
+
+async def _cancellable(engine: RemoteEngine, scope: trio.CancelScope) -> None:
+    with scope:
+        await _collect(engine, _batch("doomed"))
+
+
+async def test_upstream_sees_the_close_within_100ms_of_leaving() -> None:
+    async with mock_openai() as server, _engine(server) as engine:
+        server.stall_after(2)
+        async with engine.submit(_batch(stream=True)) as stream:
+            async for _ in stream:
+                break
+        left = trio.current_time()
+        await server.wait_for_aborted_streams(1)
+        assert trio.current_time() - left < 0.1

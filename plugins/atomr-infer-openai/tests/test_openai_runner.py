@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from atomr_infer_core import (
     Deployment,
@@ -29,6 +30,7 @@ from atomr_infer_core.config import structure
 from atomr_infer_core.errors import (
     ContentFilteredError,
     ContextLengthExceededError,
+    ServerError,
     UnauthorizedError,
 )
 from atomr_infer_openai import OpenAIConfig, OpenAIRunner
@@ -214,3 +216,25 @@ async def test_rotated_key_file_is_picked_up_after_a_401(tmp_path: Path) -> None
             _, tokens = await _run(runner, _chat())
             assert runner.statistics().session_rebuilds == 1
     assert tokens.text == "Echo: hello world"
+
+
+async def test_in_band_stream_error_after_output_is_raised_typed() -> None:
+    async with mock_openai() as server, _runner(server) as runner:
+        server.error_event_after(2, type="server_error", message="overloaded")
+        texts: list[str] = []
+        with pytest.raises(ServerError, match="overloaded"):
+            async with runner.execute(_chat(stream=True)) as stream:
+                async for chunk in stream:
+                    texts.append(chunk.text_delta)
+    assert texts == ["Echo:"]
+    assert len(server.requests) == 1
+
+
+async def test_in_band_rate_limit_before_output_is_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with mock_openai() as server, _runner(server) as runner:
+        server.error_event_after(1, type="rate_limit_error", message="slow down")
+        _, tokens = await _run(runner, _chat(stream=True))
+    assert tokens.text == "Echo: hello world"
+    assert len(server.requests) == 2

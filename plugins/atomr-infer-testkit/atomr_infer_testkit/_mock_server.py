@@ -20,6 +20,7 @@ Adding a provider
    Derive content deterministically from the request so tests can assert exact text.
 3. Override :meth:`MockProviderServer.error_body` to shape error bodies like the provider
    (the base uses OpenAI's ``{"error": {"message", "type", "param", "code"}}``),
+   :meth:`MockProviderServer.error_frame` for in-band stream errors,
    :meth:`MockProviderServer.presented_key` to read the provider's auth header, and
    :meth:`MockProviderServer.malformed_frame` / :meth:`MockProviderServer.status_for_fault`
    if the provider needs something different.
@@ -106,7 +107,7 @@ def sse_frame(data: Any, *, event: str | None = None) -> bytes:
 @attrs.frozen(kw_only=True)
 class Fault:
     """One queued fault. ``kind`` is one of ``status``, ``slow_first_byte``, ``stall``,
-    ``drop`` or ``malformed``."""
+    ``drop``, ``malformed`` or ``error_event``."""
 
     kind: str
     status: int = 500
@@ -203,6 +204,14 @@ class MockProviderServer:
         """The next stream sends ``n_chunks`` frames, then one that is not valid JSON."""
         self._faults.append(Fault(kind="malformed", n_chunks=n_chunks))
 
+    def error_event_after(
+        self, n_chunks: int, *, type: str = "server_error", message: str = "injected error"
+    ) -> None:
+        """The next stream sends ``n_chunks`` frames, then an in-band error event, then ends."""
+        self._faults.append(
+            Fault(kind="error_event", n_chunks=n_chunks, body={"type": type, "message": message})
+        )
+
     def require_api_key(self, key: str | None) -> None:
         """From now on, requests without this key get 401 (``None`` turns the check off)."""
         self.required_key = key
@@ -226,6 +235,10 @@ class MockProviderServer:
     def malformed_frame(self) -> bytes:
         """A frame the provider's client cannot parse."""
         return b'data: {"choices": [{"delta": {"content": "oops"\n\n'
+
+    def error_frame(self, type: str, message: str) -> bytes:
+        """An in-band error event of the provider's stream (OpenAI: ``data: {"error": …}``)."""
+        return sse_frame(self.error_body(500, message, type=type, code=None))
 
     def status_for_fault(self, fault: Fault) -> JSONReply:
         """The answer for an injected status fault."""
@@ -337,6 +350,9 @@ class MockProviderServer:
             if fault is not None and fault.kind == "drop":
                 finished = True
                 raise _Drop
+            if fault is not None and fault.kind == "error_event":
+                frame = self.error_frame(fault.body["type"], fault.body["message"])
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
             if fault is not None and fault.kind == "malformed":
                 await send(
                     {

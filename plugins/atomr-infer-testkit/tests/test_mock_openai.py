@@ -120,3 +120,26 @@ async def test_embeddings_are_deterministic() -> None:
     assert one == two
     assert [len(d["embedding"]) for d in one["data"]] == [4, 4]
     assert one["usage"] == {"prompt_tokens": 2, "total_tokens": 2}
+
+
+async def test_error_event_after_chunks() -> None:
+    async with mock_openai() as server, httpx.AsyncClient(base_url=server.url) as client:
+        server.error_event_after(2, type="server_error", message="overloaded")
+        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "a b"}]}
+        resp = await client.post("/v1/chat/completions", json=body)
+    events = _events(resp.text)
+    assert len(events) == 3
+    assert events[-1] == {
+        "error": {"message": "overloaded", "type": "server_error", "param": None, "code": None}
+    }
+
+
+async def test_azure_paths_need_an_api_version() -> None:
+    async with mock_openai() as server, httpx.AsyncClient(base_url=server.url) as client:
+        body = {"messages": [{"role": "user", "content": "x"}]}
+        ok = await client.post(
+            "/openai/deployments/dep/chat/completions?api-version=2024-10-21", json=body
+        )
+        missing = await client.post("/openai/deployments/dep/chat/completions", json=body)
+    assert ok.json()["model"] == "dep"
+    assert missing.status_code == 404
