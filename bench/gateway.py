@@ -8,7 +8,8 @@ to the upstream, so the table shows what the gateway adds.
     .venv/bin/python bench/gateway.py [--duration 10] [--backend openai|mock]
 
 ``--backend mock`` serves the testkit's mock runtime instead (no upstream hop): the
-cost of the HTTP layer and the cluster alone.
+cost of the HTTP layer and the cluster alone. ``--backend direct`` serves the mock
+runner through bench/_direct_gateway.py (no cluster): the HTTP layer alone.
 """
 
 from __future__ import annotations
@@ -85,6 +86,17 @@ def _config(port: int, backend: str, upstream: str | None, chunks: int) -> str:
     )
 
 
+def _start_direct(chunks: int) -> tuple[subprocess.Popen[str], str]:
+    port = _free_port()
+    script = str(ROOT / "bench" / "_direct_gateway.py")
+    proc = subprocess.Popen(
+        [*_pin(0), sys.executable, script, str(port), str(chunks)], cwd=ROOT, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(url + "/health/ready")
+    return proc, url
+
+
 def _start_gateway(config: str) -> tuple[subprocess.Popen[str], str]:
     path = Path(tempfile.mkdtemp()) / "bench.toml"
     path.write_text(config)
@@ -154,7 +166,7 @@ def _wrk(url: str, body: dict[str, object], connections: int, duration: int) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--backend", choices=["openai", "mock"], default="openai")
+    parser.add_argument("--backend", choices=["openai", "mock", "direct"], default="openai")
     parser.add_argument("--chunks", type=int, default=8, help="tokens per answer (stream chunks)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
