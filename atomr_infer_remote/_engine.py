@@ -439,8 +439,6 @@ class RemoteEngine:
                 continue
             except InferenceError as error:
                 now = trio.current_time()
-                if isinstance(error, RateLimitedError) and error.retry_after is not None:
-                    self._limiter.pause_until(now + error.retry_after)
                 decision = self._retry.decide(
                     attempt,
                     error,
@@ -520,13 +518,17 @@ class RemoteEngine:
         reads = response.aiter_bytes()
         if response.status_code >= 400:
             body = await self._read_all(reads)
-            raise classify_http_status(
+            error = classify_http_status(
                 self.provider.name,
                 response.status_code,
                 response.headers,
                 body,
                 refine=self.provider.refine_error,
             )
+            if isinstance(error, RateLimitedError) and error.retry_after is not None:
+                # the upstream's 429 pauses every request of this key, not just this one
+                self._limiter.pause_until(trio.current_time() + error.retry_after)
+            raise error
         content_type = response.headers.get("content-type", "")
         if content_type.startswith("text/event-stream"):
             await self._relay_stream(request, reads)

@@ -38,6 +38,7 @@ from atomr_infer_core.errors import (
     InferenceError,
     MalformedStreamError,
     NetworkError,
+    RateLimitedError,
     RequestTimeoutError,
     ServerError,
     UnauthorizedError,
@@ -509,3 +510,18 @@ async def test_upstream_sees_the_close_within_100ms_of_leaving() -> None:
         left = trio.current_time()
         await server.wait_for_aborted_streams(1)
         assert trio.current_time() - left < 0.1
+
+
+async def test_upstream_429_pauses_the_limiter_for_other_requests(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    deployment = _deployment(retry=RetryPolicy(max_retries=0))
+    async with mock_openai() as server, _engine(server, deployment) as engine:
+        server.inject_status(429, retry_after=6)
+        with pytest.raises(RateLimitedError) as info:
+            await _collect(engine, _batch())
+        assert info.value.retry_after == 6
+        assert engine.limiter.statistics().paused_for_s == pytest.approx(6.0)
+        start = trio.current_time()
+        await _collect(engine, _batch())  # waits for the pause to end
+        assert trio.current_time() - start == pytest.approx(6.0)
