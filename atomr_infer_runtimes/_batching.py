@@ -97,7 +97,10 @@ class LocalEngineRunner:
         model: the local model (built by a runtime plugin's ``create``).
         deployment: its deployment; ``serving.max_concurrent`` bounds active sequences.
         step_token_budget: prompt tokens that may join in one step (at least one
-            sequence always joins, whatever its length).
+            sequence always joins, whatever its length). Default: the model's
+            ``step_token_budget`` attribute when it has one, else 4096. Smaller budgets
+            spread prefill over steps (earlier first tokens for some requests, running
+            sequences keep streaming); larger ones prefill more at once.
         embed_batch_inputs: most texts embedded in one ``model.embed`` call.
     """
 
@@ -106,7 +109,7 @@ class LocalEngineRunner:
         model: StepModel,
         deployment: Deployment,
         *,
-        step_token_budget: int = DEFAULT_STEP_TOKEN_BUDGET,
+        step_token_budget: int | None = None,
         embed_batch_inputs: int = DEFAULT_EMBED_BATCH_INPUTS,
     ) -> None:
         self.model = model
@@ -115,7 +118,9 @@ class LocalEngineRunner:
         self.transport_kind = model.transport_kind
         self.capabilities = model.capabilities
         self.max_active = max(1, min(deployment.serving.max_concurrent, model.max_batch_size))
-        self.step_token_budget = step_token_budget
+        if step_token_budget is None:
+            step_token_budget = getattr(model, "step_token_budget", DEFAULT_STEP_TOKEN_BUDGET)
+        self.step_token_budget = int(step_token_budget)
         self.embed_batch_inputs = embed_batch_inputs
         self._waiting: deque[_Sequence] = deque()
         self._active: dict[str, _Sequence] = {}

