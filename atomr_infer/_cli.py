@@ -1,4 +1,4 @@
-"""``python -m atomr_infer``: serve, plugins, check, status, export-onnx.
+"""``python -m atomr_infer``: serve, plugins, check, status, demo, export-onnx.
 
 Heavy imports (trio, the gateway, httpx, runtime plugins) happen inside the commands,
 so ``--help`` is instant and a remote-only ``serve`` never imports torch or onnxruntime.
@@ -37,6 +37,7 @@ def _build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a running gateway's deployments")
     status.add_argument("--url", default="http://127.0.0.1:8080")
     status.add_argument("--api-key", default=os.environ.get("ATOMR_API_KEY"))
+    sub.add_parser("demo", help="remote-only demo against the testkit's mock OpenAI server")
     export = sub.add_parser("export-onnx", help="export a Hugging Face model to ONNX")
     export.add_argument("model")
     export.add_argument("out")
@@ -286,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "status":
         return _status(args.url, args.api_key)
+    if args.command == "demo":
+        from atomr_infer._demo import run_demo
+
+        return run_demo()
     if args.command == "export-onnx":
         return _export_onnx(args.model, args.out)
     return 2

@@ -221,3 +221,13 @@ def test_remote_only_serve_imports_no_torch_or_onnxruntime(tmp_path: Path) -> No
         timeout=120,
     )
     assert "EXIT 0 HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_the_three_scenarios_against_the_mock_server() -> None:
+    result = _run("demo", ATOMR_INFER_LOAD_PLUGINS="openai,testkit")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(ln.startswith("2 429 retried") and " ok " in ln for ln in lines)
+    assert any(ln.startswith("3 circuit opens") and "CircuitOpenError" in ln for ln in lines)
+    assert "all scenarios behaved as expected" in result.stdout
