@@ -125,7 +125,9 @@ class _Gateway:
         state = ResponseState()
 
         async def tracked_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
+            if message["type"] == "http.response.start":
+                state.started = True
+            elif not message.get("more_body", False):
                 state.finished = True
             await send(message)
 
@@ -140,7 +142,7 @@ class _Gateway:
             parsed: ParsedRequest = parser(parse_json_body(body), request_id)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, state)
-                status = await self._dispatch(parsed, tracked_send, extra)
+                status = await self._dispatch(parsed, tracked_send, extra, state)
                 nursery.cancel_scope.cancel()
         except InferenceError as exc:
             status = exc.http_status
@@ -160,22 +162,36 @@ class _Gateway:
             )
 
     async def _dispatch(
-        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]]
+        self,
+        parsed: ParsedRequest,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+        state: ResponseState,
     ) -> int:
         batch = parsed.batch
         try:
             if batch.stream and batch.kind is not RequestKind.EMBEDDING:
                 return await self._stream(parsed, send, extra)
             return await self._unary(parsed, send, extra)
-        except (
-            Exception
-        ) as exc:  # a bug below us: answer 500 with the request id, log the traceback
+        except Exception as exc:
+            # a bug below us: answer 500 (or end the stream) and log the traceback
             if isinstance(exc, InferenceError):
                 raise
             logger.exception("request %s failed with an unexpected error", batch.request_id)
             error = InternalError(
                 f"internal error while serving request {batch.request_id}: {type(exc).__name__}; see the gateway log"
             )
+            if state.finished:
+                return 500
+            if state.started:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": error_sse_event(error),
+                        "more_body": False,
+                    }
+                )
+                return 200
             await _send_error(send, error, extra)
             return 500
 

@@ -61,9 +61,10 @@ async def read_body(receive: Receive, *, limit: int, content_length: int | None)
 class ResponseState:
     """What the watcher needs to know: has the response ended, did the client leave."""
 
-    __slots__ = ("finished", "gone")
+    __slots__ = ("finished", "gone", "started")
 
     def __init__(self) -> None:
+        self.started = False
         self.finished = False
         self.gone = False
 

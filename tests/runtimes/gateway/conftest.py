@@ -24,7 +24,7 @@ from atomr_infer_core import (
     Secret,
     TokenChunk,
 )
-from atomr_infer_core.errors import InferenceError, NotFoundError
+from atomr_infer_core.errors import NotFoundError
 from atomr_infer_runtimes.gateway import serve_gateway
 from atomr_infer_testkit import MockConfig, MockRunner
 
@@ -59,14 +59,21 @@ class HandleRecord:
 
 
 class _Routed:
-    def __init__(self, inner: AsyncIterator[TokenChunk], deployment: str) -> None:
+    def __init__(
+        self, inner: AsyncIterator[TokenChunk], deployment: str, bug_after: int | None = None
+    ) -> None:
         self._inner = inner
         self.deployment = deployment
+        self._left = bug_after
 
     def __aiter__(self) -> _Routed:
         return self
 
     async def __anext__(self) -> TokenChunk:
+        if self._left is not None:
+            if self._left == 0:
+                raise RuntimeError("a bug in a runner")
+            self._left -= 1
         return await self._inner.__anext__()
 
 
@@ -80,7 +87,8 @@ class FakeCluster:
         self,
         mocks: Mapping[str, MockConfig],
         *,
-        errors: Mapping[str, InferenceError] | None = None,
+        errors: Mapping[str, Exception] | None = None,
+        bug_after: Mapping[str, int] | None = None,
         api_keys: tuple[str, ...] = (),
         max_request_bytes: int = 4 * 1024 * 1024,
         states: Mapping[str, str] | None = None,
@@ -100,6 +108,7 @@ class FakeCluster:
             for name, cfg in mocks.items()
         }
         self.errors = dict(errors or {})
+        self.bug_after = dict(bug_after or {})
         self.states = dict(states or {})
         self.records: list[HandleRecord] = []
         self.metrics = _Metrics()
@@ -123,7 +132,7 @@ class FakeCluster:
         self.entered.set()
         try:
             async with runner.execute(batch) as chunks:
-                yield _Routed(chunks, batch.model)
+                yield _Routed(chunks, batch.model, self.bug_after.get(batch.model))
         except trio.Cancelled:
             record.cancelled = True
             raise

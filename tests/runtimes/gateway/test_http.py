@@ -395,3 +395,32 @@ async def test_request_log_line_has_status_and_request_id(
         "POST /v1/chat/completions 200 request_id=r-2",
         "POST /v1/chat/completions 404 request_id=r-3",
     ]
+
+
+async def test_a_bug_before_output_is_500_with_no_retry() -> None:
+    cluster = FakeCluster({"chat": MockConfig()}, errors={"buggy": RuntimeError("boom")})
+    async with open_gateway(cluster) as url, httpx.AsyncClient(base_url=url) as http:
+        response = await http.post(
+            "/v1/chat/completions",
+            json={"model": "buggy", "messages": HI},
+            headers={"x-request-id": "r-9"},
+        )
+    assert response.status_code == 500
+    assert response.headers["x-should-retry"] == "false"
+    assert "r-9" in response.json()["error"]["message"]
+    assert "boom" not in response.text
+
+
+async def test_a_bug_mid_stream_ends_the_stream_with_an_error_event() -> None:
+    cluster = FakeCluster({"chat": MockConfig()}, bug_after={"chat": 2})
+    async with open_gateway(cluster) as url, httpx.AsyncClient(base_url=url) as http:
+        response = await http.post(
+            "/v1/chat/completions", json={"model": "chat", "messages": HI, "stream": True}
+        )
+    events = _events(response.text)
+    assert response.status_code == 200
+    assert json.loads(events[-1])["error"]["type"] == "server_error"
+    assert [json.loads(e)["choices"][0]["delta"].get("content") for e in events[1:-1]] == [
+        "Hello",
+        ",",
+    ]
