@@ -305,6 +305,15 @@ def _strip(path: str) -> str:
     return path[1:] if path.startswith(".") else path
 
 
+def _prefix(path: str, sub: str) -> str:
+    """Join a base path and a collected sub-path (``.key`` or ``[i]``) with one separator."""
+    if not sub:
+        return path
+    if not path or sub.startswith("["):
+        return _strip(path + sub)
+    return f"{path}.{_strip(sub)}"
+
+
 def structure(data: Any, cls: type[T], *, path: str = "") -> T:
     """Structure ``data`` into ``cls`` strictly; raise ConfigError naming every problem."""
     try:
@@ -314,9 +323,7 @@ def structure(data: Any, cls: type[T], *, path: str = "") -> T:
     except (ClassValidationError, IterableValidationError, ValueError, TypeError, KeyError) as exc:
         problems: list[tuple[str, str]] = []
         _collect(exc, "", problems)
-        raise ConfigError(
-            [(_strip(_join(path, p) if p else path), m) for p, m in problems]
-        ) from None
+        raise ConfigError([(_prefix(path, p), m) for p, m in problems]) from None
 
 
 def unstructure(value: Any) -> Any:

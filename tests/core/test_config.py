@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -376,3 +377,27 @@ def test_unstructure_structure_round_trip(dep: Deployment) -> None:
     again = structure(unstructure(dep), Deployment)
     assert again == dep
     assert again.runtime_config == dep.runtime_config
+
+
+@attrs.frozen(kw_only=True)
+class Inner:
+    size: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class RuntimeConfig:
+    inner: Inner = attrs.Factory(Inner)
+    base_url: str = ""
+
+
+def test_nested_structure_paths_have_single_dots() -> None:
+    with pytest.raises(ConfigError) as info:
+        structure(
+            {"inner": {"size": "big"}, "base_ur": "x"},
+            RuntimeConfig,
+            path="deployment[0].runtime_config",
+        )
+    assert [p for p, _ in info.value.problems] == [
+        "deployment[0].runtime_config.inner.size",
+        "deployment[0].runtime_config.base_ur",
+    ]
