@@ -179,6 +179,13 @@ async def _serve_async(config: Any, host: str | None, port: int | None) -> None:
         print(_banner(url, cluster.config), flush=True)
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
 def _serve(args: argparse.Namespace) -> int:
     import trio
 
@@ -196,10 +203,25 @@ def _serve(args: argparse.Namespace) -> int:
     if config is None:
         print(NO_LOCAL_RUNTIME, file=sys.stderr)
         return 1
+    from atomr_infer_runtimes.gateway import check_bind_allowed
+
+    settings = config.cluster
     try:
+        check_bind_allowed(
+            settings.host if args.host is None else args.host,
+            keys=settings.api_keys,
+            allow_unauthenticated=settings.allow_unauthenticated,
+        )
         trio.run(_serve_async, config, args.host, args.port)
     except ConfigError as exc:
         print(f"atomr-infer serve: {exc}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        config_errors, rest = group.split(ConfigError)
+        if config_errors is None or rest is not None:
+            raise
+        for exc in _leaves(config_errors):
+            print(f"atomr-infer serve: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -231,3 +231,21 @@ def test_demo_runs_the_three_scenarios_against_the_mock_server() -> None:
     assert any(ln.startswith("2 429 retried") and " ok " in ln for ln in lines)
     assert any(ln.startswith("3 circuit opens") and "CircuitOpenError" in ln for ln in lines)
     assert "all scenarios behaved as expected" in result.stdout
+
+
+def test_serve_refuses_a_public_bind_without_keys(tmp_path: Path) -> None:
+    path = tmp_path / "atomr.toml"
+    path.write_text(GOOD.replace('bind = "127.0.0.1:0"', 'bind = "0.0.0.0:0"'))
+    result = _run("serve", "--config", str(path), ATOMR_INFER_LOAD_PLUGINS="testkit")
+    assert result.returncode == 1
+    assert "allow_unauthenticated" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_reports_an_invalid_runtime_config_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "atomr.toml"
+    path.write_text(GOOD.replace('chunks = ["hi", "!"]', "chunk_delay = -1"))
+    result = _run("serve", "--config", str(path), ATOMR_INFER_LOAD_PLUGINS="testkit")
+    assert result.returncode == 1
+    assert "runtime_config.chunk_delay" in result.stderr
+    assert "Traceback" not in result.stderr
