@@ -133,7 +133,7 @@ class Admission:
         if self.budget.throttled and slots > 0:
             slots = max(1, slots // 2)
         self.capacity.set_limit(slots)
-        self._metrics.queue_depth.labels(self.deployment.name).set(self.capacity.queued)
+        self._metrics.of(self.deployment.name).queue_depth.set(self.capacity.queued)
 
     async def admit(
         self, batch: ExecuteBatch, *, deadline: float, on_phase: Callable[[str], None]
@@ -169,7 +169,7 @@ class Admission:
         )
         waited = trio.current_time() - started
         if waited > 0:
-            self._metrics.limiter_wait.labels(self.deployment.name).observe(waited)
+            self._metrics.of(self.deployment.name).limiter_wait.observe(waited)
         return permit
 
     async def _slot(self, batch: ExecuteBatch) -> None:
@@ -183,21 +183,21 @@ class Admission:
                 f"{gate.limit} slots busy; on_capacity_exhausted = {policy.value})",
                 retry_after_s=1.0,
             )
-        name = self.deployment.name
+        bound = self._metrics.of(self.deployment.name)
         started = trio.current_time()
-        self._metrics.queue_depth.labels(name).set(gate.queued + 1)
+        bound.queue_depth.set(gate.queued + 1)
         try:
             await gate.acquire(batch.priority)
         finally:
-            self._metrics.queue_depth.labels(name).set(gate.queued)
-        self._metrics.queue_wait.labels(name).observe(trio.current_time() - started)
+            bound.queue_depth.set(gate.queued)
+        bound.queue_wait.observe(trio.current_time() - started)
 
     async def release(self, ticket: Ticket, usage: TokenUsage | None) -> float | None:
         """Give back the slot and the permit; settle (or release) the budget."""
         if ticket.slot:
             ticket.slot = False
             self.capacity.release()
-            self._metrics.queue_depth.labels(self.deployment.name).set(self.capacity.queued)
+            self._metrics.of(self.deployment.name).queue_depth.set(self.capacity.queued)
         if ticket.permit is not None:
             permit, ticket.permit = ticket.permit, None
             _release_permit(self.limiter, permit, usage)

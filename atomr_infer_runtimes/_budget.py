@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,36 @@ class _Window:
     spend: Any  # a SpendWindow of the state backend
 
 
+class _RollingSum:
+    """Spend of this process over a rolling window, in one-minute buckets (for reports).
+
+    Cheap (O(1) amortised): the budget is enforced by the state backend's windows; this
+    only tells ``status`` and the metrics what was spent, with minute resolution.
+    """
+
+    BUCKET = 60.0
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._buckets: deque[list[float]] = deque()
+        self._total = 0.0
+
+    def add(self, amount: float, now: float) -> None:
+        start = math.floor(now / self.BUCKET) * self.BUCKET
+        if self._buckets and self._buckets[-1][0] == start:
+            self._buckets[-1][1] += amount
+        else:
+            self._buckets.append([start, amount])
+        self._total += amount
+
+    def total(self, now: float) -> float:
+        while self._buckets and self._buckets[0][0] + self.BUCKET + self.seconds <= now:
+            self._total -= self._buckets.popleft()[1]
+        if not self._buckets:
+            self._total = 0.0
+        return max(0.0, self._total)
+
+
 @attrs.define(eq=False)
 class Reservation:
     """What one request reserved; settle or release it exactly once."""
@@ -61,6 +92,10 @@ class Reservation:
 
 class BudgetGuard:
     """The budget of one deployment.
+
+    Only windows with a limit live in the state backend (one atomic ``reserve`` per
+    window and request); what was spent is also summed locally for ``status`` and
+    metrics, so deployments without a budget cost no backend round trips.
 
     Args:
         deployment: its ``budget`` gives the limits and the action.
@@ -87,15 +122,17 @@ class BudgetGuard:
         #: when set, the deployment runs at half concurrency (``throttle``)
         self.throttled = False
         self.on_throttle_change: Callable[[bool], None] | None = None
-        self.spend: dict[str, float] = {"hour": 0.0, "day": 0.0}
+        self._local = {"hour": _RollingSum(HOUR), "day": _RollingSum(DAY)}
         windows: list[_Window] = []
-        limits = (
-            ("hour", self.budget.max_spend_per_hour_usd if self.budget else None, HOUR),
-            ("day", self.budget.max_spend_per_day_usd if self.budget else None, DAY),
-        )
-        for label, limit, seconds in limits:
-            spend = state.window(f"{key_prefix}:{deployment.name}:{label}")
-            windows.append(_Window(label, math.inf if limit is None else limit, seconds, spend))
+        if self.budget is not None and price is not None:
+            limits = (
+                ("hour", self.budget.max_spend_per_hour_usd, HOUR),
+                ("day", self.budget.max_spend_per_day_usd, DAY),
+            )
+            for label, limit, seconds in limits:
+                if limit is not None:
+                    spend = state.window(f"{key_prefix}:{deployment.name}:{label}")
+                    windows.append(_Window(label, limit, seconds, spend))
         self._windows = tuple(windows)
         if self.budget is not None and price is None:
             log.warning(
@@ -107,7 +144,13 @@ class BudgetGuard:
 
     @property
     def enforced(self) -> bool:
-        return self.budget is not None and self.price is not None
+        return bool(self._windows)
+
+    @property
+    def spend(self) -> dict[str, float]:
+        """Spend of this process in the rolling hour and day (minute resolution)."""
+        now = self._clock()
+        return {label: tally.total(now) for label, tally in self._local.items()}
 
     def worst_case(self, batch: ExecuteBatch) -> float:
         if self.price is None:
@@ -121,22 +164,32 @@ class BudgetGuard:
     async def reserve(self, batch: ExecuteBatch) -> Reservation:
         """Reserve the worst-case cost of ``batch`` in every window, atomically per window.
 
-        Raises BudgetExceededError under ``reject`` when a window has no room.
+        Raises BudgetExceededError under ``reject`` when a window has no room; under
+        ``warn`` and ``throttle`` the request is admitted and the action taken.
         """
-        amount = self.worst_case(batch)
         if self.price is None:
             return Reservation(0.0, ())
-        action = self.budget.on_exceeded if self.budget else BudgetAction.WARN
+        amount = self.worst_case(batch)
         now = self._clock()
+        reject = self.budget is not None and self.budget.on_exceeded is BudgetAction.REJECT
         taken: list[_Window] = []
+        over: list[_Window] = []
         for window in self._windows:
-            limit = window.limit if action is BudgetAction.REJECT else math.inf
-            ok = await window.spend.reserve(amount, limit=limit, window_s=window.seconds, now=now)
-            if not ok:
-                await self._undo(taken, amount, now)
-                raise await self._exceeded(window, amount, now)
+            spend = window.spend
+            if not await spend.reserve(
+                amount, limit=window.limit, window_s=window.seconds, now=now
+            ):
+                if reject:
+                    await self._undo(taken, amount, now)
+                    raise await self._exceeded(window, amount, now)
+                over.append(window)
+                await spend.reserve(amount, limit=math.inf, window_s=window.seconds, now=now)
             taken.append(window)
-        await self._observe(now)
+        self._account(amount, now)
+        for window in over:
+            self._warn_once(window, now)
+        if self.budget is not None and self.budget.on_exceeded is BudgetAction.THROTTLE:
+            self._set_throttled(bool(over))
         return Reservation(amount, tuple(taken))
 
     async def settle(self, reservation: Reservation, usage: TokenUsage | None) -> float | None:
@@ -146,14 +199,18 @@ class BudgetGuard:
         reservation.done = True
         cost = self.cost(usage) if usage is not None else None
         delta = (cost or 0.0) - reservation.amount
-        if not reservation.windows:
-            return cost
-        with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
-            now = self._clock()
-            for window in reservation.windows:
-                await window.spend.adjust(delta, now=now)
-            await self._observe(now)
+        now = self._clock()
+        self._account(delta, now)
+        if reservation.windows:
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
+                for window in reservation.windows:
+                    await window.spend.adjust(delta, now=now)
         return cost
+
+    def _account(self, amount: float, now: float) -> None:
+        for label, tally in self._local.items():
+            tally.add(amount, now)
+            self._metrics.of(self.deployment).spend[label].set(tally.total(now))
 
     async def _undo(self, taken: list[_Window], amount: float, now: float) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
@@ -177,20 +234,7 @@ class BudgetGuard:
             retry_after_s=retry_after,
         )
 
-    async def _observe(self, now: float) -> None:
-        """Refresh cached totals; warn once per window, throttle while over."""
-        over = False
-        for window in self._windows:
-            total = await window.spend.total(window_s=window.seconds, now=now)
-            self.spend[window.label] = total
-            self._metrics.spend.labels(self.deployment, window.label).set(total)
-            if total > window.limit:
-                over = True
-                self._warn_once(window, total, now)
-        if self.budget is not None and self.budget.on_exceeded is BudgetAction.THROTTLE:
-            self._set_throttled(over)
-
-    def _warn_once(self, window: _Window, total: float, now: float) -> None:
+    def _warn_once(self, window: _Window, now: float) -> None:
         last = self._warned_at.get(window.label)
         if last is not None and now - last < window.seconds:
             return
@@ -198,9 +242,8 @@ class BudgetGuard:
         self._metrics.budget_warnings.labels(self.deployment, window.label).inc()
         action = self.budget.on_exceeded.value if self.budget else "warn"
         log.warning(
-            "deployment %s spent $%.6f of its $%.6f budget per %s (on_exceeded = %s)",
+            "deployment %s is over its $%.6f budget per %s (on_exceeded = %s)",
             self.deployment,
-            total,
             window.limit,
             window.label,
             action,
@@ -219,6 +262,10 @@ class BudgetGuard:
             self.on_throttle_change(over)
 
     async def refresh(self) -> None:
-        """Re-read the windows (lifts a throttle once the window rolled)."""
-        if self.price is not None:
-            await self._observe(self._clock())
+        """Re-read the windows: lifts a throttle once every window has room again."""
+        now = self._clock()
+        over = False
+        for window in self._windows:
+            over |= await window.spend.total(window_s=window.seconds, now=now) >= window.limit
+        if self.budget is not None and self.budget.on_exceeded is BudgetAction.THROTTLE:
+            self._set_throttled(over)

@@ -271,7 +271,7 @@ class Execution:
         self._first = first
         self.deployment = runtime.name
         self._log.extra = {"request_id": self.request_id, "deployment": runtime.name}
-        self._cluster.metrics.ttft.labels(runtime.name).observe(trio.current_time() - self._arrival)
+        self._cluster.metrics.of(runtime.name).ttft.observe(trio.current_time() - self._arrival)
 
     def _set_phase(self, phase: str) -> None:
         self._phase = phase
@@ -395,10 +395,10 @@ class Execution:
     def _record(self, error: BaseException | None) -> None:
         cluster = self._cluster
         name = self.deployment or "?"
-        now = trio.current_time()
+        bound = cluster.metrics.of(name)
         if error is None:
-            cluster.metrics.requests.labels(name, "ok", "").inc()
-            cluster.metrics.latency.labels(name).observe(now - self._arrival)
+            bound.ok.inc()
+            bound.latency.observe(trio.current_time() - self._arrival)
         elif isinstance(error, InferenceError):
             cluster.metrics.requests.labels(name, "error", error.kind).inc()
             self._log.warning("failed after output began: %s: %s", error.kind, error.message)
@@ -407,10 +407,10 @@ class Execution:
         else:
             cluster.metrics.requests.labels(name, "error", type(error).__name__).inc()
         if self.usage is not None:
-            cluster.metrics.tokens_in.labels(name).inc(self.usage.input_tokens)
-            cluster.metrics.tokens_out.labels(name).inc(self.usage.output_tokens)
+            bound.tokens_in.inc(self.usage.input_tokens)
+            bound.tokens_out.inc(self.usage.output_tokens)
         if self.cost_usd:
-            cluster.metrics.cost.labels(name).inc(self.cost_usd)
+            bound.cost.inc(self.cost_usd)
 
 
 async def _first_chunk(iterator: AsyncIterator[TokenChunk]) -> TokenChunk | None:

@@ -176,7 +176,7 @@ class DeploymentRuntime:
         self.metrics.deployment_up.labels(self.name).set(
             1.0 if self.state is DeploymentState.SERVING else 0.0
         )
-        self.metrics.in_flight.labels(self.name).set(self.outstanding)
+        self.metrics.of(self.name).in_flight.set(self.outstanding)
         self._changed.set()
         self._changed = trio.Event()
 
@@ -206,12 +206,12 @@ class DeploymentRuntime:
     def dispatched(self, replica: ReplicaSlot, attempt: Any) -> None:
         replica.outstanding += 1
         replica.inflight.add(attempt)
-        self.metrics.in_flight.labels(self.name).set(self.outstanding)
+        self.metrics.of(self.name).in_flight.set(self.outstanding)
 
     def finished(self, replica: ReplicaSlot, attempt: Any) -> None:
         replica.outstanding -= 1
         replica.inflight.discard(attempt)
-        self.metrics.in_flight.labels(self.name).set(self.outstanding)
+        self.metrics.of(self.name).in_flight.set(self.outstanding)
         if self.state is DeploymentState.DRAINING and self.outstanding == 0:
             self.notify()
 

@@ -7,13 +7,30 @@ from collections.abc import Callable, Iterable
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["BREAKER_STATE_VALUES", "ClusterMetrics"]
+__all__ = ["BREAKER_STATE_VALUES", "ClusterMetrics", "DeploymentMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60)
 
 #: gauge values of ``atomr_breaker_state``
 BREAKER_STATE_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+
+class DeploymentMetrics:
+    """One deployment's metric children, bound once (``labels()`` is costly per call)."""
+
+    def __init__(self, m: ClusterMetrics, name: str) -> None:
+        self.ok = m.requests.labels(name, "ok", "")
+        self.ttft = m.ttft.labels(name)
+        self.latency = m.latency.labels(name)
+        self.tokens_in = m.tokens_in.labels(name)
+        self.tokens_out = m.tokens_out.labels(name)
+        self.cost = m.cost.labels(name)
+        self.queue_depth = m.queue_depth.labels(name)
+        self.in_flight = m.in_flight.labels(name)
+        self.limiter_wait = m.limiter_wait.labels(name)
+        self.queue_wait = m.queue_wait.labels(name)
+        self.spend = {w: m.spend.labels(name, w) for w in ("hour", "day")}
 
 
 class ClusterMetrics:
@@ -110,6 +127,14 @@ class ClusterMetrics:
             registry=r,
         )
         self._refreshers: list[Callable[[], None]] = []
+        self._bound: dict[str, DeploymentMetrics] = {}
+
+    def of(self, deployment: str) -> DeploymentMetrics:
+        """The bound children of ``deployment`` (created on first use)."""
+        bound = self._bound.get(deployment)
+        if bound is None:
+            bound = self._bound[deployment] = DeploymentMetrics(self, deployment)
+        return bound
 
     def on_render(self, refresh: Callable[[], None]) -> None:
         """Run ``refresh`` before every :meth:`render` (mirror live state into gauges)."""
@@ -125,6 +150,7 @@ class ClusterMetrics:
 
     def forget(self, deployment: str) -> None:
         """Drop the live gauges of an undeployed deployment (counters stay)."""
+        self._bound.pop(deployment, None)
         for gauge in (self.queue_depth, self.in_flight, self.breaker_state, self.deployment_up):
             _remove(gauge, (deployment,))
         for window in ("hour", "day"):
