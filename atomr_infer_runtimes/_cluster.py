@@ -162,6 +162,8 @@ class Execution:
         self._arrival = 0.0
         self._phase = "queue"
         self._entered = False
+        #: the current attempt reached a runner (a non-idempotent one must not be re-sent)
+        self._dispatched = False
 
     # -- entering: route, admit, dispatch, first chunk ------------------------------
 
@@ -193,7 +195,7 @@ class Execution:
                     exc.deployment = name
                 last = exc
                 cluster._count_error(name, exc)
-                if not self._may_fall_back(exc, deadline) or position == len(chain) - 1:
+                if not self._may_fall_back(exc, runtime, deadline) or position == len(chain) - 1:
                     raise
                 cluster.metrics.fallbacks.labels(name, exc.kind).inc()
                 self._log.warning(
@@ -205,9 +207,14 @@ class Execution:
         assert last is not None
         raise last
 
-    def _may_fall_back(self, exc: InferenceError, deadline: float) -> bool:
-        """Before output, anything but a bad request moves on, while time is left."""
+    def _may_fall_back(
+        self, exc: InferenceError, runtime: DeploymentRuntime, deadline: float
+    ) -> bool:
+        """Before output, anything but a bad request moves on while time is left; a
+        non-idempotent deployment only moves on when the request never reached a runner."""
         if isinstance(exc, _NO_FALLBACK):
+            return False
+        if self._dispatched and not runtime.deployment.idempotent:
             return False
         return trio.current_time() < deadline
 
@@ -232,6 +239,7 @@ class Execution:
         attempt = _Attempt(runtime, deadline)
         self._attempt = attempt
         self._phase = "queue"
+        self._dispatched = False
         stack.enter_context(attempt.scope)
         runtime.attempts.add(attempt)
         stack.callback(self._cluster._attempt_done, runtime, attempt)
@@ -254,6 +262,7 @@ class Execution:
             runtime.dispatched(replica, attempt)
             stack.callback(runtime.finished, replica, attempt)
             self._phase = "first_byte"
+            self._dispatched = True
             batch = attrs.evolve(self.batch, model=runtime.deployment.model, deadline=deadline)
             self._log.debug("dispatched to replica %d", replica.index)
             iterator = await stack.enter_async_context(replica.runner.execute(batch))

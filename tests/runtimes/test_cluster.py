@@ -485,3 +485,18 @@ async def test_failed_replacement_keeps_the_running_deployment(
         [serving] = cluster.list()
         assert serving.state == "serving"
         assert (await cluster.complete("a", messages=HELLO)).deployment == "a"
+
+
+async def test_non_idempotent_deployment_is_not_resent_after_dispatch(
+    mock_plugin, mock_deployment, runners
+) -> None:
+    primary = mock_deployment(
+        "chat", idempotent=False, fallbacks=["backup"], config={"fail_with": "server_error"}
+    )
+    async with cluster_of(mock_plugin, primary, mock_deployment("backup")) as cluster:
+        with pytest.raises(ServerError):
+            await cluster.complete("chat", messages=HELLO)
+        assert runners.of("backup")[0].counters.calls == 0
+        # refused before dispatch (breaker open): nothing was sent, so it moves on
+        cluster.breaker("chat").force_open(30.0)
+        assert (await cluster.complete("chat", messages=HELLO)).deployment == "backup"
