@@ -12,6 +12,7 @@ as the standard says. ``data: [DONE]`` is an ordinary event: providers interpret
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
 
 import attrs
 
@@ -87,7 +88,7 @@ class SSEDecoder:
             self._buf = data
             return []
         self._buf = data[cut + 1 :]
-        return self._text(data[:cut].decode("utf-8", "replace"))
+        return self._complete(data[:cut])
 
     def close(self) -> list[SSEEvent]:
         """End of stream: discard an unterminated line and an undispatched event.
@@ -101,35 +102,60 @@ class SSEDecoder:
         self._retry = None
         return []
 
-    def _text(self, text: str) -> list[SSEEvent]:
-        """Decode complete lines (``text`` without its last line end).
+    def _complete(self, raw: bytes) -> list[SSEEvent]:
+        """Decode complete lines (``raw`` without its last line end).
 
-        The fast path takes whole events made of one ``data: `` line, which is what
-        every LLM provider sends; anything else goes line by line.
+        The fast path takes a run of whole events made of one ``data: `` line each,
+        which is what every LLM provider sends: the shape is checked on the bytes (a
+        split never cuts a UTF-8 sequence, whose bytes are all >= 0x80). Anything else
+        goes line by line through :meth:`_text`.
         """
         out: list[SSEEvent] = []
         if self._data or self._event or self._retry is not None:
-            if text[:1] != "\n" and text:
-                return self._lines(text.split("\n"))
+            if raw[:1] != b"\n" and raw:
+                return self._lines(raw.decode("utf-8", "replace").split("\n"))
             out = self._lines([""])
-            text = text[1:]
-        if not text:
+            raw = raw[1:]
+        if not raw:
             return out
+        complete = raw[-1:] == b"\n"
+        body = raw[:-1] if complete else raw
+        head, sep, tail = (body, b"", b"") if complete else body.rpartition(b"\n\n")
+        if (complete or sep) and head.startswith(b"data: "):
+            ascii_only = head.isascii()
+            # ASCII text decodes once and splits cheaply as str; otherwise each event is
+            # decoded alone, so the ASCII ones stay compact strings
+            pieces: list[Any] = (
+                head[6:].decode("ascii").split("\n\ndata: ")
+                if ascii_only
+                else head[6:].split(b"\n\ndata: ")
+            )
+            if head.count(b"\n") == 2 * len(pieces) - 2:
+                # every newline in ``head`` separates two one-line "data: " events
+                last_id = self._last_id
+                append = out.append
+                datas = pieces if ascii_only else [p.decode("utf-8", "replace") for p in pieces]
+                for data in datas:
+                    event = _alloc(SSEEvent)
+                    _set_event(event, "message")
+                    _set_data(event, data)
+                    _set_id(event, last_id)
+                    _set_retry(event, None)
+                    append(event)
+                if tail:
+                    out += self._lines(tail.decode("utf-8", "replace").split("\n"))
+                return out
+        return out + self._text(raw.decode("utf-8", "replace"))
+
+    def _text(self, text: str) -> list[SSEEvent]:
+        """Decode complete lines (``text``, non-empty, without its last line end) with
+        no event pending: one-line data events one by one, then line by line from the
+        first event of another shape."""
+        out: list[SSEEvent] = []
         complete = text[-1] == "\n"
         suffix = "\n" if complete else ""
         body = text[:-1] if complete else text
         last_id = self._last_id
-        head, sep, tail = (body, "", "") if complete else body.rpartition("\n\n")
-        if (
-            (complete or sep)
-            and head.startswith("data: ")
-            and head.count("\n\ndata: ") * 2 == head.count("\n")
-        ):
-            # ``head`` is whole events of one "data: " line each, every one dispatched.
-            out += [_data_event(d, last_id) for d in head[6:].split("\n\ndata: ")]
-            if not complete:
-                out += self._lines(tail.split("\n"))
-            return out
         blocks = body.split("\n\n")
         last = None if complete else blocks.pop()
         append = out.append

@@ -203,3 +203,23 @@ async def test_aiter_sse_decodes_an_async_byte_stream() -> None:
             yield piece
 
     assert [e.data async for e in aiter_sse(chunks())] == ["a", "b"]
+
+
+_event_block = st.one_of(
+    st.text(alphabet="ab{}:é日 ", max_size=12).map(lambda d: f"data: {d}"),
+    st.sampled_from(["event: x\ndata: y", "id: 9\ndata: z", "data: a\ndata: b", ": c", "data"]),
+)
+
+
+@settings(max_examples=200)
+@given(
+    blocks=st.lists(_event_block, max_size=25),
+    gaps=st.sampled_from(["\n\n", "\n\n\n"]),
+    data=st.data(),
+)
+def test_fast_path_and_slow_path_interleave_like_the_oracle(
+    blocks: list[str], gaps: str, data: st.DataObject
+) -> None:
+    raw = "".join(b + gaps for b in blocks).encode()
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=12))
+    assert decode_all(raw, cuts) == oracle(raw)
