@@ -2,7 +2,7 @@
 that calls one testkit MockRunner directly (no admission, routing or metrics).
 
 Used by ``bench/gateway.py --backend direct`` to separate the HTTP layer's cost from
-the cluster's. ``python bench/_direct_gateway.py PORT CHUNKS``.
+the cluster's. ``python bench/_direct_gateway.py PORT CHUNKS`` (port 0: any; prints the URL).
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ async def main(port: int, chunks: int) -> None:
     cluster = DirectCluster(port, chunks)
     async with trio.open_nursery() as nursery:
         await nursery.start(cluster.runner.run)
-        await nursery.start(serve_gateway, cluster)
+        url = await nursery.start(serve_gateway, cluster)
+        print(url, flush=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,13 +29,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+SERVE_ARGS = ("--port", "0", "--log-level", "warning")
 CHAT = {"model": "bench", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pin(core: int) -> list[str]:
@@ -86,13 +80,23 @@ def _config(port: int, backend: str, upstream: str | None, chunks: int) -> str:
     )
 
 
+def _read_url(proc: subprocess.Popen[str], marker: str) -> str:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if marker in line:
+            return next(w for w in line.split() if w.startswith("http://"))
+    raise SystemExit(f"the gateway exited before it served (exit code {proc.wait()})")
+
+
 def _start_direct(chunks: int) -> tuple[subprocess.Popen[str], str]:
-    port = _free_port()
     script = str(ROOT / "bench" / "_direct_gateway.py")
     proc = subprocess.Popen(
-        [*_pin(0), sys.executable, script, str(port), str(chunks)], cwd=ROOT, text=True
+        [*_pin(0), sys.executable, script, "0", str(chunks)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = _read_url(proc, "http://")
     _wait_ready(url + "/health/ready")
     return proc, url
 
@@ -100,8 +104,6 @@ def _start_direct(chunks: int) -> tuple[subprocess.Popen[str], str]:
 def _start_gateway(config: str) -> tuple[subprocess.Popen[str], str]:
     path = Path(tempfile.mkdtemp()) / "bench.toml"
     path.write_text(config)
-    port = re.search(r'bind = "127.0.0.1:(\d+)"', config)
-    assert port is not None
     proc = subprocess.Popen(
         [
             *_pin(0),
@@ -111,14 +113,13 @@ def _start_gateway(config: str) -> tuple[subprocess.Popen[str], str]:
             "serve",
             "--config",
             str(path),
-            "--log-level",
-            "warning",
+            *SERVE_ARGS,
         ],
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         text=True,
     )
-    url = f"http://127.0.0.1:{port.group(1)}"
+    url = _read_url(proc, "atomr-infer gateway on ")
     _wait_ready(url + "/health/ready")
     return proc, url
 
@@ -174,9 +175,10 @@ def main() -> int:
     upstream_proc, upstream = (None, None)
     if args.backend == "openai":
         upstream_proc, upstream = _start_upstream(args.chunks)
-    gateway_proc, gateway = _start_gateway(
-        _config(_free_port(), args.backend, upstream, args.chunks)
-    )
+    if args.backend == "direct":
+        gateway_proc, gateway = _start_direct(args.chunks)
+    else:
+        gateway_proc, gateway = _start_gateway(_config(0, args.backend, upstream, args.chunks))
     rows = []
     try:
         for stream in (False, True):
