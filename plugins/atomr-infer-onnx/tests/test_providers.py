@@ -69,3 +69,18 @@ def test_task_auto_reads_the_graph_outputs(tmp_path: Path) -> None:
     model = create(dep, OnnxConfig(task=OnnxTask.AUTO), RunnerContext())
     assert isinstance(model, OnnxEncoder)
     assert path.exists()
+
+
+def test_registering_imports_neither_onnxruntime_nor_the_runtime_layer() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, atomr_infer_onnx._plugin as p\n"
+        "p.register_runtimes(lambda plugin: None)\n"
+        "bad = [m for m in ('onnxruntime', 'torch', 'transformers', 'atomr_infer_runtimes') "
+        "if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

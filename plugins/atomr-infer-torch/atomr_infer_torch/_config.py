@@ -56,5 +56,5 @@ class TorchConfig:
     dtype: str = attrs.field(default="auto", validator=attrs.validators.in_(_DTYPES))
     max_batch_size: int = attrs.field(default=32, validator=_positive)
     default_max_tokens: int = attrs.field(default=256, validator=_positive)
-    step_token_budget: int = attrs.field(default=320, validator=_positive)
+    step_token_budget: int = attrs.field(default=384, validator=_positive)
     cache_dir: str = "~/.cache/atomr-infer"

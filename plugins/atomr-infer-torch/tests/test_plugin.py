@@ -106,3 +106,18 @@ def test_progress_bar_writes_one_line_to_its_stream() -> None:
     text = out.getvalue()
     assert "\rconverting [###############               ]  50% half" in text
     assert text.endswith("\n") and "100%" in text
+
+
+def test_registering_imports_neither_torch_nor_the_runtime_layer() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, atomr_infer_torch._plugin as p\n"
+        "p.register_runtimes(lambda plugin: None)\n"
+        "bad = [m for m in ('torch', 'transformers', 'atomr_infer_runtimes', 'trio') "
+        "if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
