@@ -313,8 +313,14 @@ class RemoteEngine:
                         request.send.close()
 
     async def rebuild_session(self, cause: SessionRebuildCause) -> None:
-        """Rebuild the credential (and the HTTP client unless ``cause`` is an auth failure)."""
-        await self.session.rebuild(cause)
+        """Rebuild the credential (and the HTTP client unless ``cause`` is an auth failure).
+
+        Between runs (a replica restarting after a crash) there is no session to rebuild:
+        the next :meth:`run` opens a fresh one, so this is a no-op then.
+        """
+        if self._session is None:
+            return
+        await self._session.rebuild(cause)
 
     # -- the caller's side --------------------------------------------------------------
     def submit(self, batch: ExecuteBatch) -> RunHandle:

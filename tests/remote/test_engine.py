@@ -525,3 +525,24 @@ async def test_upstream_429_pauses_the_limiter_for_other_requests(
         start = trio.current_time()
         await _collect(engine, _batch())  # waits for the pause to end
         assert trio.current_time() - start == pytest.approx(6.0)
+
+
+async def test_rebuild_between_runs_is_a_no_op_and_the_next_run_serves() -> None:
+    """A replica restarting after a crash calls rebuild_session before run() again."""
+    from atomr_infer_core import SessionRebuildCause
+
+    async with mock_openai() as server:
+        engine = RemoteEngine(
+            MiniOpenAI(server.url),
+            deployment=_deployment(),
+            rng=random.Random(0),
+            credentials=StaticCredential(Secret("sk-test")),
+        )
+        await engine.rebuild_session(SessionRebuildCause.REPLICA_RESTART)
+        for _ in range(2):  # crash-restart: run, stop, rebuild, run again
+            async with trio.open_nursery() as nursery:
+                await nursery.start(engine.run)
+                _, tokens = await _collect(engine, _batch())
+                nursery.cancel_scope.cancel()
+            await engine.rebuild_session(SessionRebuildCause.REPLICA_RESTART)
+    assert tokens.text == "Echo: hello world"
