@@ -144,6 +144,22 @@ class LocalEngineRunner:
     def waiting_count(self) -> int:
         return len(self._waiting)
 
+    def health(self) -> dict[str, Any]:
+        """Engine state for health endpoints, merged with the model's own ``health()``
+        when it has one (the onnx runtime reports its execution providers there)."""
+        out: dict[str, Any] = {
+            "running": self._running,
+            "active": len(self._active),
+            "waiting": len(self._waiting),
+            "steps": self.steps,
+            "peak_batch": self.peak_batch,
+            "transport": self.model.transport_kind.value,
+        }
+        model_health = getattr(self.model, "health", None)
+        if callable(model_health):
+            out.update(model_health())
+        return out
+
     # -- the loop -------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

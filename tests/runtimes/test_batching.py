@@ -138,6 +138,8 @@ async def test_single_request_streams_every_step_and_reports_usage() -> None:
     assert seen[-1].finish_reason is FinishReason.LENGTH
     assert seen[-1].usage == TokenUsage(input_tokens=2, output_tokens=3)
     assert runner.active_count == 0
+    health = runner.health()
+    assert health["steps"] == 3 and health["active"] == 0 and health["transport"] == "local_cpu"
 
 
 async def test_concurrent_requests_share_steps_and_get_their_own_output() -> None:

@@ -96,3 +96,4 @@ async def test_onnx_models_serve_through_the_engine(tiny_models: dict[str, Path]
                 requests.start_soon(one, p)
         nursery.cancel_scope.cancel()
     assert results == solo
+    assert runner.health()["execution_providers"] == ["CPUExecutionProvider"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ from ._weights import resolve_weights
 __all__ = ["TorchCausalLM", "render_prompt"]
 
 log = logging.getLogger("atomr_infer.torch")
+
+#: shortest shared prompt prefix worth caching, and how many prefixes are kept
+MIN_PREFIX_TOKENS = 8
+PREFIX_CACHE_ENTRIES = 8
 
 
 def render_prompt(tokenizer: Any, batch: ExecuteBatch) -> tuple[str, bool]:
@@ -98,6 +103,7 @@ class TorchCausalLM:
         self.model: Any = None
         self.tokenizer: Any = None
         self.path: Path | None = None
+        self._prefixes: OrderedDict[tuple[int, ...], tuple[list[Any], list[Any]]] = OrderedDict()
         self._reset()
 
     # -- session ----------------------------------------------------------------------
@@ -131,6 +137,7 @@ class TorchCausalLM:
             getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
         )
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self._prefixes.clear()
         self._reset()
         log.info(
             "torch deployment %r: loaded %s on %s (%s)", self.name, self.path, self.device, dtype
@@ -156,11 +163,17 @@ class TorchCausalLM:
         return list(ids)
 
     def prompt_tokens(self, batch: ExecuteBatch) -> int:
+        """Prefill cost of ``batch``: its prompt tokens less a cached shared prefix."""
         if batch.kind is RequestKind.EMBEDDING:
             raise BadRequestError(
                 f"deployment {self.name!r} generates text; it does not embed", param="model"
             )
-        return len(self.encode(batch))
+        ids = self.encode(batch)
+        cached = max(
+            (len(p) for p in self._prefixes if len(p) < len(ids) and tuple(ids[: len(p)]) == p),
+            default=0,
+        )
+        return len(ids) - cached
 
     def embed(self, inputs: Sequence[str], dimensions: int | None = None) -> list[list[float]]:
         raise BadRequestError(
@@ -259,17 +272,84 @@ class TorchCausalLM:
             prompts.append(ids)
         if not rows:
             return outputs
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor(
-            [[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device
-        )
-        mask = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
-        )
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, keys, values = self._forward(ids, mask, positions, [], [])
+        prefix = self._shared_prefix(prompts)
+        if prefix:
+            ids, mask, positions, past_keys, past_values = self._after_prefix(prefix, prompts)
+        else:
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor(
+                [[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device
+            )
+            mask = torch.tensor(
+                [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
+            )
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            past_keys, past_values = [], []
+        logits, keys, values = self._forward(ids, mask, positions, past_keys, past_values)
         self._merge(rows, keys, values, mask)
         return outputs + self._advance(rows, logits)
+
+    # -- prefix cache ---------------------------------------------------------------
+
+    def _shared_prefix(self, prompts: list[list[int]]) -> tuple[int, ...]:
+        """A prompt prefix every joiner starts with (a system prompt, a chat template's
+        preamble) whose keys and values are cached or worth caching; empty for none.
+
+        The prefix always leaves at least one token of each prompt to prefill, so the
+        next-token logits come from this step's forward pass.
+        """
+        if not self.config.prefix_cache:
+            return ()
+        limit = min(len(p) for p in prompts) - 1
+        for cached in sorted(self._prefixes, key=len, reverse=True):
+            n = len(cached)
+            if n <= limit and all(tuple(p[:n]) == cached for p in prompts):
+                self._prefixes.move_to_end(cached)
+                return cached
+        if len(prompts) < 2:
+            return ()
+        common = 0
+        first = prompts[0]
+        while common < limit and all(p[common] == first[common] for p in prompts):
+            common += 1
+        return tuple(first[:common]) if common >= MIN_PREFIX_TOKENS else ()
+
+    def _prefix_cache(self, prefix: tuple[int, ...]) -> tuple[list[Any], list[Any]]:
+        hit = self._prefixes.get(prefix)
+        if hit is not None:
+            return hit
+        torch = self._torch
+        ids = torch.tensor([list(prefix)], device=self.device)
+        mask = torch.ones_like(ids)
+        positions = torch.arange(len(prefix), device=self.device)[None, :]
+        _, keys, values = self._forward(ids, mask, positions, [], [])
+        self._prefixes[prefix] = (keys, values)
+        while len(self._prefixes) > PREFIX_CACHE_ENTRIES:
+            self._prefixes.popitem(last=False)
+        return keys, values
+
+    def _after_prefix(self, prefix: tuple[int, ...], prompts: list[list[int]]) -> tuple[Any, ...]:
+        """Inputs that prefill only what follows a cached prefix: the prefix's keys and
+        values repeated per row, then each remainder (padding sits between the two)."""
+        torch = self._torch
+        n = len(prefix)
+        keys, values = self._prefix_cache(prefix)
+        rows = len(prompts)
+        rests = [p[n:] for p in prompts]
+        width = max(len(r) for r in rests)
+        ids = torch.tensor(
+            [[self.pad_id] * (width - len(r)) + r for r in rests], device=self.device
+        )
+        mask = torch.tensor(
+            [[1] * n + [0] * (width - len(r)) + [1] * len(r) for r in rests], device=self.device
+        )
+        positions = torch.tensor(
+            [[n] * (width - len(r)) + list(range(n, n + len(r))) for r in rests],
+            device=self.device,
+        )
+        past_keys = [k.expand(rows, -1, -1, -1).contiguous() for k in keys]
+        past_values = [v.expand(rows, -1, -1, -1).contiguous() for v in values]
+        return ids, mask, positions, past_keys, past_values
 
     def _merge(self, rows: list[_Row], keys: list[Any], values: list[Any], mask: Any) -> None:
         """Append prefilled rows to the shared cache, left-padding the shorter side."""

@@ -47,6 +47,8 @@ class TorchConfig:
         default_max_tokens: new tokens when a request sets no ``max_tokens``.
         step_token_budget: prompt tokens prefilled in one step at most (at least one
             request always joins); lower gives earlier first tokens under load.
+        prefix_cache: keep the keys and values of prompt prefixes that requests share
+            (a system prompt, a chat template's preamble) and prefill only the rest.
         cache_dir: where downloaded wheels and converted weights are kept.
     """
 
@@ -57,4 +59,5 @@ class TorchConfig:
     max_batch_size: int = attrs.field(default=32, validator=_positive)
     default_max_tokens: int = attrs.field(default=256, validator=_positive)
     step_token_budget: int = attrs.field(default=384, validator=_positive)
+    prefix_cache: bool = True
     cache_dir: str = "~/.cache/atomr-infer"

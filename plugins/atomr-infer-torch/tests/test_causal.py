@@ -208,3 +208,30 @@ def test_rebuild_drops_every_sequence(tiny_gpt2: Path) -> None:
     assert model._rows == []
     text, _ = _run_alone(model, _batch(0, PROMPTS[0], max_tokens=3))
     assert isinstance(text, str)
+
+
+SYSTEM = "system: you are a tiny model for tests, answer with care and be brief.\n"
+
+
+def test_shared_prompt_prefix_is_cached_and_output_is_unchanged(tiny_gpt2: Path) -> None:
+    plain = _model(tiny_gpt2, prefix_cache=False)
+    cached = _model(tiny_gpt2)
+    prompts = [SYSTEM + f"user: {p}" for p in PROMPTS[:6]]
+    alone = [_run_alone(plain, _batch(i, p, max_tokens=10))[0] for i, p in enumerate(prompts)]
+    texts = [""] * 6
+    joining = [(f"s{i}", _batch(i, p, max_tokens=10)) for i, p in enumerate(prompts[:4])]
+    full_cost = cached.prompt_tokens(joining[0][1])
+    outputs = cached.step(joining, [])
+    (prefix,) = cached._prefixes
+    assert len(prefix) >= 8
+    # later joiners reuse the cached prefix: their prefill cost drops by its length
+    late = [(f"s{i}", _batch(i, p, max_tokens=10)) for i, p in enumerate(prompts) if i >= 4]
+    assert cached.prompt_tokens(late[0][1]) == len(cached.encode(late[0][1])) - len(prefix)
+    assert full_cost == len(cached.encode(joining[0][1]))
+    outputs += cached.step(late, [])
+    while cached._rows:
+        outputs += cached.step([], [])
+    for out in outputs:
+        texts[int(out.seq_id[1:])] += out.text_delta
+    assert texts == alone
+    assert len(cached._prefixes) == 1
