@@ -34,7 +34,7 @@ from atomr_infer_core import (
 from atomr_infer_core.errors import BadRequestError, ContextLengthExceededError
 
 from ._config import TorchConfig
-from ._device import pick_device, pick_dtype, transport_for
+from ._device import expected_transport, pick_device, pick_dtype, transport_for
 from ._weights import resolve_weights
 
 __all__ = ["TorchCausalLM", "render_prompt"]
@@ -98,8 +98,9 @@ class TorchCausalLM:
         self.name = name
         self.max_batch_size = config.max_batch_size
         self.step_token_budget = config.step_token_budget
-        self.device = pick_device(config.device)
-        self.transport_kind: TransportKind = transport_for(self.device)
+        #: resolved by ``load`` ("auto" becomes "cpu" or "cuda:0")
+        self.device = config.device
+        self.transport_kind: TransportKind = expected_transport(config.device)
         self.model: Any = None
         self.tokenizer: Any = None
         self.path: Path | None = None
@@ -120,6 +121,8 @@ class TorchCausalLM:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        self.device = pick_device(self.config.device)
+        self.transport_kind = transport_for(self.device)
         self.path = resolve_weights(self.weights, self.config.cache_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         dtype = pick_dtype(self.config.dtype, self.device)

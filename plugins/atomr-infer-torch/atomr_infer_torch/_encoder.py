@@ -18,7 +18,7 @@ from atomr_infer_core import (
 from atomr_infer_core.errors import BadRequestError
 
 from ._config import TorchConfig
-from ._device import pick_device, pick_dtype, transport_for
+from ._device import expected_transport, pick_device, pick_dtype, transport_for
 from ._weights import resolve_weights
 
 __all__ = ["TorchEncoder", "pool_embeddings"]
@@ -49,8 +49,9 @@ class TorchEncoder:
         self.weights = weights
         self.name = name
         self.max_batch_size = config.max_batch_size
-        self.device = pick_device(config.device)
-        self.transport_kind: TransportKind = transport_for(self.device)
+        #: resolved by ``load`` ("auto" becomes "cpu" or "cuda:0")
+        self.device = config.device
+        self.transport_kind: TransportKind = expected_transport(config.device)
         self.model: Any = None
         self.tokenizer: Any = None
         self.path: Path | None = None
@@ -60,6 +61,8 @@ class TorchEncoder:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        self.device = pick_device(self.config.device)
+        self.transport_kind = transport_for(self.device)
         self.path = resolve_weights(self.weights, self.config.cache_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         dtype = pick_dtype(self.config.dtype, self.device)

@@ -121,3 +121,23 @@ def test_registering_imports_neither_torch_nor_the_runtime_layer() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_a_gpu_torch_cannot_use_is_a_config_error_at_load(tiny_gpt2: Path) -> None:
+    import torch
+
+    model = TorchCausalLM(TorchConfig(device="cuda:7"), weights=str(tiny_gpt2))
+    assert model.transport_kind.value == "local_gpu"
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has eight GPUs")
+    with pytest.raises(ConfigError, match=r"runtime_config.device: 'cuda:7' requested"):
+        model.load()
+
+
+def test_auto_device_resolves_at_load(tiny_gpt2: Path) -> None:
+    import torch
+
+    model = TorchCausalLM(TorchConfig(), weights=str(tiny_gpt2))
+    assert model.device == "auto"
+    model.load()
+    assert model.device == ("cuda:0" if torch.cuda.is_available() else "cpu")
