@@ -1,11 +1,13 @@
 """ONNX Runtime step models: a sentence encoder and a causal LM.
 
-The causal LM graphs written by ``export-onnx`` take ``input_ids`` and
-``attention_mask`` and return logits for every position, without a KV cache, so each
-step recomputes every active sequence (left-padded, one run for the whole batch). Graphs
-with ``past_key_values.*`` inputs (Hugging Face Optimum exports) are refused with a
-clear error for now. Every method runs on one worker thread at a time (the StepModel
-contract).
+Causal LM graphs written by ``export-onnx`` carry their KV cache as inputs and outputs
+(``past_keys``/``past_values`` → ``present_keys``/``present_values``): the active
+sequences share one left-padded cache, decode one token per run for all of them, and
+joiners are prefilled together and merged in, as in the torch runtime. Graphs without
+cache inputs (``export-onnx`` with ``kv_cache=False``) are recomputed over the whole
+sequence each step. Graphs with ``past_key_values.*`` inputs (Hugging Face Optimum
+exports) are refused with a clear error for now. Every method runs on one worker thread
+at a time (the StepModel contract).
 """
 
 from __future__ import annotations
@@ -253,9 +255,20 @@ class OnnxCausalLM(_OnnxBase):
         )
         self.pad_id = self.tokenizer.pad_token_id or 0
         self._rows: list[_Row] = []
+        self.kv_cache = "past_keys" in self.input_names
+        if self.kv_cache:
+            shape = next(i.shape for i in self.session.get_inputs() if i.name == "past_keys")
+            self._cache_dims = (int(shape[0]), int(shape[2]), int(shape[4]))
+        self._reset_cache()
+
+    def _reset_cache(self) -> None:
+        self._keys: Any = None
+        self._values: Any = None
+        self._mask: Any = None
 
     def rebuild(self, cause: SessionRebuildCause) -> None:
         self._rows = []
+        self._reset_cache()
         super().rebuild(cause)
 
     def encode(self, batch: ExecuteBatch) -> list[int]:
@@ -307,26 +320,107 @@ class OnnxCausalLM(_OnnxBase):
     def step(
         self, joining: Sequence[tuple[str, ExecuteBatch]], leaving: Sequence[str]
     ) -> list[SequenceOutput]:
-        import numpy as np
-
-        gone = set(leaving)
-        self._rows = [r for r in self._rows if r.seq_id not in gone]
         outputs: list[SequenceOutput] = []
+        self._drop(set(leaving))
+        new_rows: list[_Row] = []
         for seq_id, batch in joining:
             try:
-                self._rows.append(self._new_row(seq_id, batch))
+                new_rows.append(self._new_row(seq_id, batch))
             except (BadRequestError, ContextLengthExceededError) as exc:
                 outputs.append(SequenceOutput(seq_id=seq_id, error=exc))
-        if not self._rows:
-            return outputs
+        if self.kv_cache:
+            if self._rows:
+                outputs += self._decode()
+            if new_rows:
+                outputs += self._prefill(new_rows)
+        else:
+            self._rows += new_rows
+            if self._rows:
+                outputs += self._recompute()
+        self._drop({o.seq_id for o in outputs if o.finish_reason is not None})
+        return outputs
+
+    def _recompute(self) -> list[SequenceOutput]:
+        import numpy as np
+
         width = max(len(r.tokens) for r in self._rows)
         ids = np.array([[self.pad_id] * (width - len(r.tokens)) + r.tokens for r in self._rows])
         mask = np.array([[0] * (width - len(r.tokens)) + [1] * len(r.tokens) for r in self._rows])
         (logits,) = self.session.run(["logits"], self._feed(ids, mask))
-        outputs += self._advance(logits[:, -1, :])
-        done = {o.seq_id for o in outputs if o.finish_reason is not None}
-        self._rows = [r for r in self._rows if r.seq_id not in done]
-        return outputs
+        return self._advance(self._rows, logits[:, -1, :])
+
+    def _run_cached(self, ids: Any, mask: Any, positions: Any, keys: Any, values: Any) -> Any:
+        import numpy as np
+
+        feed = {
+            "input_ids": ids.astype(np.int64),
+            "attention_mask": mask.astype(np.int64),
+            "position_ids": positions.astype(np.int64),
+            "past_keys": keys,
+            "past_values": values,
+        }
+        return self.session.run(["logits", "present_keys", "present_values"], feed)
+
+    def _decode(self) -> list[SequenceOutput]:
+        import numpy as np
+
+        rows = self._rows
+        ids = np.array([[r.tokens[-1]] for r in rows])
+        positions = np.array([[len(r.tokens) - 1] for r in rows])
+        mask = np.concatenate([self._mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
+        logits, self._keys, self._values = self._run_cached(
+            ids, mask, positions, self._keys, self._values
+        )
+        self._mask = mask
+        return self._advance(rows, logits)
+
+    def _prefill(self, rows: list[_Row]) -> list[SequenceOutput]:
+        import numpy as np
+
+        layers, heads, head_dim = self._cache_dims
+        width = max(len(r.tokens) for r in rows)
+        ids = np.array([[self.pad_id] * (width - len(r.tokens)) + r.tokens for r in rows])
+        mask = np.array([[0] * (width - len(r.tokens)) + [1] * len(r.tokens) for r in rows])
+        positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+        empty = np.zeros((layers, len(rows), heads, 0, head_dim), dtype=np.float32)
+        logits, keys, values = self._run_cached(ids, mask, positions, empty, empty)
+        if not self._rows:
+            self._keys, self._values, self._mask = keys, values, mask.astype(np.int64)
+        else:
+            old_t, new_t = self._mask.shape[1], mask.shape[1]
+            total = max(old_t, new_t)
+
+            def pad(a: Any, t: int) -> Any:
+                widths = [(0, 0)] * a.ndim
+                widths[3 if a.ndim == 5 else 1] = (total - t, 0)
+                return np.pad(a, widths)
+
+            self._keys = np.concatenate([pad(self._keys, old_t), pad(keys, new_t)], axis=1)
+            self._values = np.concatenate([pad(self._values, old_t), pad(values, new_t)], axis=1)
+            self._mask = np.concatenate([pad(self._mask, old_t), pad(mask, new_t)], axis=0)
+        self._rows += rows
+        return self._advance(rows, logits)
+
+    def _drop(self, seq_ids: set[str]) -> None:
+        import numpy as np
+
+        if not seq_ids:
+            return
+        keep = [i for i, r in enumerate(self._rows) if r.seq_id not in seq_ids]
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[i] for i in keep]
+        if not self.kv_cache:
+            return
+        if not keep:
+            self._reset_cache()
+            return
+        mask = self._mask[keep]
+        used = np.flatnonzero(mask.any(axis=0))
+        start = int(used[0]) if len(used) else 0
+        self._mask = mask[:, start:]
+        self._keys = self._keys[:, keep, :, start:]
+        self._values = self._values[:, keep, :, start:]
 
     def _sample(self, row: _Row, logits: Any) -> int:
         import numpy as np
@@ -348,9 +442,9 @@ class OnnxCausalLM(_OnnxBase):
             probs /= probs.sum()
         return int(row.rng.choice(len(probs), p=probs))
 
-    def _advance(self, logits: Any) -> list[SequenceOutput]:
+    def _advance(self, rows: list[_Row], logits: Any) -> list[SequenceOutput]:
         outputs = []
-        for i, row in enumerate(self._rows):
+        for i, row in enumerate(rows):
             token = self._sample(row, logits[i])
             row.tokens.append(token)
             finish: FinishReason | None = None

@@ -23,10 +23,12 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     gpt2 = build_tiny_gpt2(root / "gpt2")
     encoder = build_tiny_encoder(root / "encoder")
     export_onnx(str(gpt2), root / "gpt2-onnx")
+    export_onnx(str(gpt2), root / "gpt2-onnx-nokv", kv_cache=False)
     export_onnx(str(encoder), root / "encoder-onnx")
     return {
         "gpt2": gpt2,
         "encoder": encoder,
         "gpt2-onnx": root / "gpt2-onnx",
+        "gpt2-onnx-nokv": root / "gpt2-onnx-nokv",
         "encoder-onnx": root / "encoder-onnx",
     }

@@ -62,18 +62,26 @@ def _greedy(model: StepModel, prompt: str, n: int = 12) -> str:
     return "".join(o.text_delta for o in outputs)
 
 
-def test_greedy_tokens_match_torch_on_tiny_gpt2(tiny_models: dict[str, Path]) -> None:
+@pytest.mark.parametrize(("graph", "kv_cache"), [("gpt2-onnx", True), ("gpt2-onnx-nokv", False)])
+def test_greedy_tokens_match_torch_on_tiny_gpt2(
+    tiny_models: dict[str, Path], graph: str, kv_cache: bool
+) -> None:
     from atomr_infer_torch import TorchCausalLM, TorchConfig
 
     torch_model = TorchCausalLM(TorchConfig(device="cpu"), weights=str(tiny_models["gpt2"]))
     torch_model.load()
-    onnx_model = _onnx(OnnxCausalLM, tiny_models["gpt2-onnx"])
+    onnx_model = _onnx(OnnxCausalLM, tiny_models[graph])
+    assert onnx_model.kv_cache is kv_cache
     for prompt in PROMPTS:
         assert _greedy(onnx_model, prompt) == _greedy(torch_model, prompt)
+    assert onnx_model._rows == [] and onnx_model._mask is None
 
 
-async def test_onnx_models_serve_through_the_engine(tiny_models: dict[str, Path]) -> None:
-    lm = _onnx(OnnxCausalLM, tiny_models["gpt2-onnx"])
+@pytest.mark.parametrize("graph", ["gpt2-onnx", "gpt2-onnx-nokv"])
+async def test_onnx_models_serve_through_the_engine(
+    tiny_models: dict[str, Path], graph: str
+) -> None:
+    lm = _onnx(OnnxCausalLM, tiny_models[graph])
     solo = {p: _greedy(lm, p, 8) for p in PROMPTS}
     runner = LocalEngineRunner(lm, Deployment(name="tiny", model="tiny", runtime="onnx"))
     results: dict[str, str] = {}
@@ -97,3 +105,45 @@ async def test_onnx_models_serve_through_the_engine(tiny_models: dict[str, Path]
         nursery.cancel_scope.cancel()
     assert results == solo
     assert runner.health()["execution_providers"] == ["CPUExecutionProvider"]
+
+
+def test_kv_cache_batch_with_random_joins_and_leaves_matches_solo_runs(
+    tiny_models: dict[str, Path],
+) -> None:
+    import random
+
+    lm = _onnx(OnnxCausalLM, tiny_models["gpt2-onnx"])
+    prompts = [f"the {w} {i} " * (1 + i % 3) for i, w in enumerate(["cat", "dog", "fox"] * 3)]
+    alone = [_greedy(lm, p, 6 + i) for i, p in enumerate(prompts)]
+    rng = random.Random(3)
+    join_at = [rng.randrange(0, 8) for _ in prompts]
+    leave_at = {i: rng.randrange(2, 10) for i in rng.sample(range(len(prompts)), 3)}
+    texts = [""] * len(prompts)
+    ended: set[int] = set()
+
+    def batch(i: int) -> ExecuteBatch:
+        return ExecuteBatch(
+            request_id=f"r{i}",
+            model="tiny",
+            kind="completion",
+            prompt=prompts[i],
+            sampling=SamplingParams(temperature=0, max_tokens=6 + i),
+        )
+
+    for step in range(40):
+        joining = [(f"s{i}", batch(i)) for i, at in enumerate(join_at) if at == step]
+        leaving = [f"s{i}" for i, at in leave_at.items() if at == step and i not in ended]
+        ended.update(int(s[1:]) for s in leaving)
+        for out in lm.step(joining, leaving):
+            i = int(out.seq_id[1:])
+            texts[i] += out.text_delta
+            if out.finish_reason is not None:
+                ended.add(i)
+        if len(ended) == len(prompts):
+            break
+    for i, text in enumerate(texts):
+        if i in leave_at:
+            assert alone[i].startswith(text)
+        else:
+            assert text == alone[i]
+    assert lm._rows == [] and lm._keys is None

@@ -3,8 +3,12 @@
 The folder holds ``model.onnx`` (plus ``model.onnx.data``, the external weights the
 dynamo exporter writes), the tokenizer, ``config.json`` and ``atomr_onnx.json`` (the
 task and the graph's input and output names). Batch and sequence axes are dynamic.
-Causal LMs are exported without a KV cache (logits of every position); the onnx runtime
-then recomputes the sequence at each step.
+Causal LMs are exported with their KV cache as plain inputs and outputs: ``input_ids``,
+``attention_mask`` (past and new positions), ``position_ids``, ``past_keys`` and
+``past_values`` (``[layers, batch, kv_heads, past, head_dim]``, ``past`` may be 0) in;
+``logits`` (last position only), ``present_keys`` and ``present_values`` out. With
+``kv_cache=False`` the graph takes ``input_ids`` and ``attention_mask`` and returns the
+logits of every position (the onnx runtime then recomputes each step).
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ def export_onnx(
     task: str = "auto",
     cache_dir: str = "~/.cache/atomr-infer",
     opset: int = 18,
+    kv_cache: bool = True,
 ) -> Path:
     """Export ``model`` (a folder, a .gguf file or ``pypi:<dist>/<path>``) into ``out``.
 
     ``task`` is ``"generate"``, ``"embed"`` or ``"auto"`` (from the model's
-    architecture). Returns the path of ``model.onnx``. Needs onnx and onnxscript.
+    architecture). Causal LMs get KV-cache inputs and outputs unless ``kv_cache`` is
+    False. Returns the path of ``model.onnx``. Needs onnx and onnxscript.
     """
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -55,7 +61,37 @@ def export_onnx(
         net = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
         output_name = "last_hidden_state"
 
-    class Wrapper(torch.nn.Module):
+    target = out / "model.onnx"
+    sys.stderr.write(f"atomr-infer: exporting {path} ({kind.value}) to {target}\n")
+    with_cache = kv_cache and kind is Task.GENERATE
+    if with_cache:
+        module, example, names, outputs, shapes = _causal_with_cache(torch, net)
+    else:
+        module, example, names, outputs, shapes = _plain(torch, net, kind, output_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            example,
+            str(target),
+            input_names=names,
+            output_names=outputs,
+            dynamic_shapes=shapes,
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+    AutoTokenizer.from_pretrained(path).save_pretrained(out)
+    config.save_pretrained(out)
+    if kind is Task.GENERATE and net.generation_config is not None:
+        net.generation_config.save_pretrained(out)
+    manifest = {"task": kind.value, "inputs": names, "outputs": outputs, "kv_cache": with_cache}
+    (out / "atomr_onnx.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return target
+
+
+def _plain(torch: Any, net: Any, kind: Task, output_name: str) -> tuple[Any, ...]:
+    class Plain(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.net = net
@@ -66,30 +102,60 @@ def export_onnx(
 
     example = (torch.ones((2, 8), dtype=torch.long), torch.ones((2, 8), dtype=torch.long))
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    target = out / "model.onnx"
-    sys.stderr.write(f"atomr-infer: exporting {path} ({kind.value}) to {target}\n")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Wrapper().eval(),
-            example,
-            str(target),
-            input_names=["input_ids", "attention_mask"],
-            output_names=[output_name],
-            dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
-            opset_version=opset,
-            dynamo=True,
-            verbose=False,
-        )
-    AutoTokenizer.from_pretrained(path).save_pretrained(out)
-    config.save_pretrained(out)
-    if kind is Task.GENERATE and net.generation_config is not None:
-        net.generation_config.save_pretrained(out)
-    manifest = {
-        "task": kind.value,
-        "inputs": ["input_ids", "attention_mask"],
-        "output": output_name,
-        "kv_cache": False,
-    }
-    (out / "atomr_onnx.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return target
+    shapes = ({0: batch, 1: seq}, {0: batch, 1: seq})
+    return Plain(), example, ["input_ids", "attention_mask"], [output_name], shapes
+
+
+def _causal_with_cache(torch: Any, net: Any) -> tuple[Any, ...]:
+    from transformers import DynamicCache
+
+    layers = net.config.num_hidden_layers
+
+    class WithCache(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(
+            self,
+            input_ids: Any,
+            attention_mask: Any,
+            position_ids: Any,
+            past_keys: Any,
+            past_values: Any,
+        ) -> Any:
+            cache = DynamicCache([(past_keys[i], past_values[i]) for i in range(layers)])
+            out = self.net(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            done = out.past_key_values.layers
+            keys = torch.stack([la.keys for la in done])
+            values = torch.stack([la.values for la in done])
+            return out.logits[:, -1, :], keys, values
+
+    with torch.no_grad():
+        probe = net(input_ids=torch.ones((1, 2), dtype=torch.long), use_cache=True)
+    _, heads, _, head_dim = probe.past_key_values.layers[0].keys.shape
+    rows, new, past = 2, 3, 5
+    example = (
+        torch.ones((rows, new), dtype=torch.long),
+        torch.ones((rows, past + new), dtype=torch.long),
+        torch.arange(past, past + new)[None].expand(rows, new),
+        torch.zeros(layers, rows, heads, past, head_dim),
+        torch.zeros(layers, rows, heads, past, head_dim),
+    )
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    total, past_dim = torch.export.Dim("total"), torch.export.Dim("past")
+    shapes = (
+        {0: batch, 1: seq},
+        {0: batch, 1: total},
+        {0: batch, 1: seq},
+        {1: batch, 3: past_dim},
+        {1: batch, 3: past_dim},
+    )
+    names = ["input_ids", "attention_mask", "position_ids", "past_keys", "past_values"]
+    return WithCache(), example, names, ["logits", "present_keys", "present_values"], shapes
