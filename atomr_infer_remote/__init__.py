@@ -39,6 +39,11 @@ from ._queue import (
     QueueStatistics as QueueStatistics,
 )
 from ._retry import RetryDecision as RetryDecision, RetryEngine as RetryEngine
+from ._runner import (
+    EngineRunner as EngineRunner,
+    RemoteRuntimeConfig as RemoteRuntimeConfig,
+    upstream_model as upstream_model,
+)
 from ._session import (
     CallableCredential as CallableCredential,
     CredentialProvider as CredentialProvider,
@@ -66,6 +71,7 @@ __all__: list[str] = [
     "CallableCredential",
     "CircuitBreaker",
     "CredentialProvider",
+    "EngineRunner",
     "EngineStatistics",
     "EnvCredential",
     "FileCredential",
@@ -80,6 +86,7 @@ __all__: list[str] = [
     "RateLimiter",
     "RateLimiterStatistics",
     "RemoteEngine",
+    "RemoteRuntimeConfig",
     "RemoteSession",
     "RetryDecision",
     "RetryEngine",
@@ -103,4 +110,5 @@ __all__: list[str] = [
     "parse_error_body",
     "parse_retry_after",
     "redacted_url",
+    "upstream_model",
 ]

@@ -11,29 +11,17 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import trio
-
 from atomr_infer_core import (
     Deployment,
     ExecuteBatch,
     RequestKind,
-    RunHandle,
     RunnerContext,
     RuntimeKind,
     Secret,
-    SessionRebuildCause,
     TokenChunk,
-    TransportKind,
 )
 from atomr_infer_core.errors import InferenceError, MalformedStreamError
-from atomr_infer_remote import (
-    CredentialProvider,
-    EngineStatistics,
-    HttpClientOptions,
-    ProviderRequest,
-    RemoteEngine,
-    SSEEvent,
-)
+from atomr_infer_remote import EngineRunner, ProviderRequest, SSEEvent, upstream_model
 
 from ._config import AnthropicConfig
 from ._wire import StreamState, build_request_body, parse_message, refine_error
@@ -111,15 +99,10 @@ def _is_stop(data: str) -> bool:
         return False
 
 
-class AnthropicRunner:
-    """A ``ModelRunner`` for one replica of an anthropic deployment.
-
-    ``run`` owns the engine (session, worker slots) in the replica's nursery;
-    ``execute`` submits to it. Errors are ``InferenceError`` subclasses.
-    """
+class AnthropicRunner(EngineRunner):
+    """A ``ModelRunner`` for one replica of an anthropic deployment (see EngineRunner)."""
 
     runtime_kind = RuntimeKind(RuntimeKind.ANTHROPIC)
-    transport_kind = TransportKind.REMOTE_NETWORK
     capabilities = frozenset({RequestKind.CHAT, RequestKind.COMPLETION})
 
     def __init__(
@@ -128,45 +111,8 @@ class AnthropicRunner:
         config: AnthropicConfig,
         context: RunnerContext | None = None,
     ) -> None:
-        context = context or RunnerContext()
-        self.config = config
-        self.provider = AnthropicProvider(config, _upstream_model(deployment.model))
-        credentials: CredentialProvider = (
-            context.services.get("credentials") or config.credentials()
-        )
-        self.engine = RemoteEngine(
-            self.provider,
-            credentials,
-            deployment,
-            http_options=HttpClientOptions(
-                timeouts=deployment.timeouts,
-                max_connections=config.max_connections,
-                http2=config.http2,
-            ),
-            limiter=context.services.get("limiter"),
-            breaker=context.services.get("breaker"),
-            state=context.state,
-        )
-
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        await self.engine.run(task_status=task_status)
-
-    def execute(self, batch: ExecuteBatch) -> RunHandle:
-        return self.engine.submit(batch)
-
-    async def rebuild_session(self, cause: SessionRebuildCause) -> None:
-        await self.engine.rebuild_session(cause)
-
-    def statistics(self) -> EngineStatistics:
-        return self.engine.statistics()
-
-
-def _upstream_model(model: str) -> str:
-    """The model id the API knows: routing prefixes such as ``anthropic/`` are dropped."""
-    for prefix in ("anthropic/",):
-        if model.startswith(prefix):
-            return model[len(prefix) :]
-    return model
+        model = upstream_model(deployment.model, ("anthropic/",))
+        super().__init__(AnthropicProvider(config, model), deployment, config, context)
 
 
 def create_runner(

@@ -19,23 +19,14 @@ from atomr_infer_core import (
     ExecuteBatch,
     FinishReason,
     RequestKind,
-    RunHandle,
     RunnerContext,
     RuntimeKind,
     Secret,
     SessionRebuildCause,
     TokenChunk,
-    TransportKind,
 )
 from atomr_infer_core.errors import InferenceError, MalformedStreamError, UnauthorizedError
-from atomr_infer_remote import (
-    CredentialProvider,
-    EngineStatistics,
-    HttpClientOptions,
-    ProviderRequest,
-    RemoteEngine,
-    SSEEvent,
-)
+from atomr_infer_remote import EngineRunner, ProviderRequest, SSEEvent, upstream_model
 
 from ._config import GeminiConfig
 from ._wire import ResponseState, build_request_body, refine_error
@@ -111,39 +102,22 @@ class _ContentStream:
         return []
 
 
-class GeminiRunner:
-    """A ``ModelRunner`` for one replica of a gemini deployment.
+class GeminiRunner(EngineRunner):
+    """A ``ModelRunner`` for one replica of a gemini deployment (see EngineRunner).
 
-    ``run`` owns the engine (session, worker slots) and, for Vertex AI tokens that are not
-    static, a task refreshing the token every ``token_refresh_interval``.
+    ``run`` also owns, for Vertex AI tokens that are not static, a task refreshing the
+    token every ``token_refresh_interval``.
     """
 
     runtime_kind = RuntimeKind(RuntimeKind.GEMINI)
-    transport_kind = TransportKind.REMOTE_NETWORK
     capabilities = frozenset({RequestKind.CHAT, RequestKind.COMPLETION})
 
     def __init__(
         self, deployment: Deployment, config: GeminiConfig, context: RunnerContext | None = None
     ) -> None:
-        context = context or RunnerContext()
-        self.config = config
-        self.provider = GeminiProvider(config, _upstream_model(deployment.model))
-        supplied = context.services.get("credentials")
-        credentials: CredentialProvider = supplied or config.credentials()
-        self._refresh = supplied is not None or config.refreshes_tokens
-        self.engine = RemoteEngine(
-            self.provider,
-            credentials,
-            deployment,
-            http_options=HttpClientOptions(
-                timeouts=deployment.timeouts,
-                max_connections=config.max_connections,
-                http2=config.http2,
-            ),
-            limiter=context.services.get("limiter"),
-            breaker=context.services.get("breaker"),
-            state=context.state,
-        )
+        model = upstream_model(deployment.model, ("google/",))
+        super().__init__(GeminiProvider(config, model), deployment, config, context)
+        self._refresh = self.credentials_supplied or config.refreshes_tokens
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -160,23 +134,6 @@ class GeminiRunner:
             except UnauthorizedError as error:
                 # the old token stays; a 401 will try again
                 log.warning("gemini: refreshing the access token failed: %s", error.message)
-
-    def execute(self, batch: ExecuteBatch) -> RunHandle:
-        return self.engine.submit(batch)
-
-    async def rebuild_session(self, cause: SessionRebuildCause) -> None:
-        await self.engine.rebuild_session(cause)
-
-    def statistics(self) -> EngineStatistics:
-        return self.engine.statistics()
-
-
-def _upstream_model(model: str) -> str:
-    """The model id the API knows: routing prefixes such as ``google/`` are dropped."""
-    for prefix in ("google/",):
-        if model.startswith(prefix):
-            return model[len(prefix) :]
-    return model
 
 
 def create_runner(
