@@ -2,13 +2,9 @@
 
 A provider plugin implements :class:`Provider` (four methods: build the HTTP request,
 parse a JSON body, make a per-request SSE parser, refine an error body) and hands it to a
-:class:`RemoteEngine`; the engine does everything else. Its runner is then three lines::
-
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
-        await self.engine.run(task_status=task_status)
-
-    def execute(self, batch):
-        return self.engine.submit(batch)
+:class:`RemoteEngine`; the engine does everything else. Its runner subclasses
+:class:`~atomr_infer_remote.EngineRunner`, which builds the engine from the deployment and
+the host's context and delegates ``run``, ``execute`` and ``rebuild_session`` to it.
 
 Per attempt a worker slot does: rate-limit permit (every retry; the first attempt's
 permit is admission's when a shared limiter is given) → ``breaker.check`` → request →
