@@ -214,7 +214,8 @@ class TorchCausalLM:
                 tokens=prompt_len,
                 max_tokens=self.max_positions,
             )
-        temperature = 1.0 if s.temperature is None else s.temperature
+        cfg = self.config
+        temperature = cfg.default_temperature if s.temperature is None else s.temperature
         generator = None
         if temperature > 0:
             generator = self._torch.Generator(device="cpu")
@@ -224,8 +225,8 @@ class TorchCausalLM:
             prompt_len=prompt_len,
             max_new=min(s.max_tokens or self.config.default_max_tokens, room),
             temperature=temperature,
-            top_p=1.0 if s.top_p is None else s.top_p,
-            top_k=s.top_k or 0,
+            top_p=cfg.default_top_p if s.top_p is None else s.top_p,
+            top_k=cfg.default_top_k if s.top_k is None else s.top_k,
             generator=generator,
             scanner=StopScanner(s.stop),
             pos=prompt_len,

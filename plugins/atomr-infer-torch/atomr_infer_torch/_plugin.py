@@ -34,7 +34,14 @@ DEFAULT_DEPLOYMENTS = (
         name="smollm2",
         model="SmolLM2-135M-Instruct",
         runtime="torch",
-        runtime_config={"weights": SMOLLM2_WEIGHTS, "task": "generate", "max_batch_size": 32},
+        # the sampling SmolLM2's authors recommend; at OpenAI's temperature 1 it rambles
+        runtime_config={
+            "weights": SMOLLM2_WEIGHTS,
+            "task": "generate",
+            "max_batch_size": 32,
+            "default_temperature": 0.2,
+            "default_top_p": 0.9,
+        },
         serving=Serving(max_concurrent=32),
     ),
     Deployment(

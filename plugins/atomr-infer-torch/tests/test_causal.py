@@ -235,3 +235,19 @@ def test_shared_prompt_prefix_is_cached_and_output_is_unchanged(tiny_gpt2: Path)
         texts[int(out.seq_id[1:])] += out.text_delta
     assert texts == alone
     assert len(cached._prefixes) == 1
+
+
+def test_unset_sampling_fields_take_the_deployments_defaults(tiny_gpt2: Path) -> None:
+    greedy, _ = _run_alone(_model(tiny_gpt2), _batch(0, PROMPTS[1]))
+    unset = ExecuteBatch(
+        request_id="r0",
+        model="tiny",
+        kind="completion",
+        prompt=PROMPTS[1],
+        sampling=SamplingParams(max_tokens=12, seed=5),
+    )
+    # default_top_k = 1 makes an unset request greedy; OpenAI's defaults (temperature 1)
+    # with the same seed sample something else
+    assert _run_alone(_model(tiny_gpt2, default_top_k=1), unset)[0] == greedy
+    assert _run_alone(_model(tiny_gpt2, default_temperature=0.0), unset)[0] == greedy
+    assert _run_alone(_model(tiny_gpt2), unset)[0] != greedy

@@ -141,3 +141,24 @@ def test_auto_device_resolves_at_load(tiny_gpt2: Path) -> None:
     assert model.device == "auto"
     model.load()
     assert model.device == ("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def test_sampling_defaults_are_validated_with_their_path() -> None:
+    from atomr_infer_core import ConfigError
+    from atomr_infer_core.config import structure
+
+    from atomr_infer_torch import TorchConfig
+
+    with pytest.raises(ConfigError) as info:
+        structure({"default_top_p": 3.0}, TorchConfig, path="deployment[0].runtime_config")
+    assert str(info.value) == (
+        "deployment[0].runtime_config.default_top_p: must be between 0.0 and 1.0 (got 3.0)"
+    )
+
+
+def test_the_embedded_default_samples_as_smollm2s_authors_recommend() -> None:
+    from atomr_infer_torch._plugin import DEFAULT_DEPLOYMENTS
+
+    smollm2 = next(d for d in DEFAULT_DEPLOYMENTS if d.name == "smollm2")
+    assert smollm2.runtime_config["default_temperature"] == 0.2
+    assert smollm2.runtime_config["default_top_p"] == 0.9
