@@ -36,6 +36,7 @@ from ._local import (
     SequenceOutput as SequenceOutput,
     StepModel as StepModel,
     StopScanner as StopScanner,
+    advance_sequence as advance_sequence,
 )
 from ._messages import (
     ContentPart as ContentPart,
@@ -121,6 +122,7 @@ __all__ = [
     "Tokens",
     "TokensBuilder",
     "TransportKind",
+    "advance_sequence",
     "errors",
     "estimate_tokens",
     "hookimpl",

@@ -12,7 +12,7 @@ worker thread at a time, never concurrently, so a StepModel needs no locks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -22,7 +22,7 @@ from ._messages import ExecuteBatch, RequestKind
 from ._runner import SessionRebuildCause
 from ._tokens import FinishReason, TokenUsage
 
-__all__ = ["SequenceOutput", "StepModel", "StopScanner"]
+__all__ = ["SequenceOutput", "StepModel", "StopScanner", "advance_sequence"]
 
 
 @attrs.frozen(kw_only=True)
@@ -122,3 +122,40 @@ class StopScanner:
         out = self.text[self.sent :].rstrip("\ufffd")
         self.sent = len(self.text)
         return out
+
+
+def advance_sequence(
+    *,
+    seq_id: str,
+    generated: Sequence[int],
+    eos_ids: Container[int],
+    ignore_eos: bool,
+    max_new: int,
+    prompt_len: int,
+    scanner: StopScanner,
+    decode: Callable[[Sequence[int]], str],
+) -> SequenceOutput:
+    """One decode step's output for a sequence whose newest token is ``generated[-1]``.
+
+    Decides the finish (end of sequence, stop sequence, length), cuts the text with
+    ``scanner`` and reports usage on the last step. Shared by every local runtime so
+    they finish sequences the same way.
+    """
+    finish: FinishReason | None = None
+    visible = generated
+    if generated[-1] in eos_ids and not ignore_eos:
+        finish = FinishReason.STOP
+        visible = generated[:-1]
+    delta, stopped = scanner.feed(decode(visible))
+    if stopped:
+        finish = FinishReason.STOP
+    elif finish is None and len(generated) >= max_new:
+        finish = FinishReason.LENGTH
+    if finish is not None and not stopped:
+        delta += scanner.flush()
+    usage = None
+    if finish is not None:
+        usage = TokenUsage(input_tokens=prompt_len, output_tokens=len(generated))
+    return SequenceOutput(
+        seq_id=seq_id, text_delta=delta, new_tokens=1, finish_reason=finish, usage=usage
+    )

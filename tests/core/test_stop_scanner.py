@@ -44,3 +44,48 @@ def test_any_split_gives_the_text_before_the_first_stop(
     expected = text[: text.index(stop)] if stop in text else text
     assert sent == expected
     assert stopped == (stop in text)
+
+
+def _advance(
+    generated: list[int],
+    *,
+    stops: tuple[str, ...] = (),
+    max_new: int = 10,
+    ignore_eos: bool = False,
+):
+    from atomr_infer_core import StopScanner, advance_sequence
+
+    scanner = StopScanner(stops)
+    outs = [
+        advance_sequence(
+            seq_id="s",
+            generated=generated[: i + 1],
+            eos_ids={0},
+            ignore_eos=ignore_eos,
+            max_new=max_new,
+            prompt_len=5,
+            scanner=scanner,
+            decode=lambda toks: "".join(chr(96 + t) for t in toks),
+        )
+        for i in range(len(generated))
+    ]
+    return "".join(o.text_delta for o in outs), outs[-1]
+
+
+def test_advance_sequence_finishes_on_eos_without_sending_it() -> None:
+    from atomr_infer_core import FinishReason, TokenUsage
+
+    text, last = _advance([1, 2, 0])
+    assert text == "ab"
+    assert last.finish_reason is FinishReason.STOP
+    assert last.usage == TokenUsage(input_tokens=5, output_tokens=3)
+
+
+def test_advance_sequence_cuts_at_a_stop_sequence_and_on_length() -> None:
+    from atomr_infer_core import FinishReason
+
+    assert _advance([1, 2, 3, 4], stops=("cd",))[0] == "ab"
+    text, last = _advance([1, 2, 3], max_new=3)
+    assert (text, last.finish_reason) == ("abc", FinishReason.LENGTH)
+    text, last = _advance([1, 0, 2], max_new=3, ignore_eos=True)
+    assert (text, last.finish_reason) == ("a`b", FinishReason.LENGTH)

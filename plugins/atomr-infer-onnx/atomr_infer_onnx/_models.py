@@ -23,14 +23,13 @@ import attrs
 
 from atomr_infer_core import (
     ExecuteBatch,
-    FinishReason,
     RequestKind,
     RuntimeKind,
     SequenceOutput,
     SessionRebuildCause,
     StopScanner,
-    TokenUsage,
     TransportKind,
+    advance_sequence,
 )
 from atomr_infer_core.errors import (
     BadRequestError,
@@ -445,32 +444,20 @@ class OnnxCausalLM(_OnnxBase):
     def _advance(self, rows: list[_Row], logits: Any) -> list[SequenceOutput]:
         outputs = []
         for i, row in enumerate(rows):
-            token = self._sample(row, logits[i])
-            row.tokens.append(token)
-            finish: FinishReason | None = None
-            visible = row.generated
-            if token in self.eos_ids and not row.ignore_eos:
-                finish = FinishReason.STOP
-                visible = visible[:-1]
-            delta, stopped = row.scanner.feed(
-                self.tokenizer.decode(visible, skip_special_tokens=True)
-            )
-            if stopped:
-                finish = FinishReason.STOP
-            elif finish is None and len(row.generated) >= row.max_new:
-                finish = FinishReason.LENGTH
-            if finish is not None and not stopped:
-                delta += row.scanner.flush()
-            usage = None
-            if finish is not None:
-                usage = TokenUsage(input_tokens=row.prompt_len, output_tokens=len(row.generated))
+            row.tokens.append(self._sample(row, logits[i]))
             outputs.append(
-                SequenceOutput(
+                advance_sequence(
                     seq_id=row.seq_id,
-                    text_delta=delta,
-                    new_tokens=1,
-                    finish_reason=finish,
-                    usage=usage,
+                    generated=row.generated,
+                    eos_ids=self.eos_ids,
+                    ignore_eos=row.ignore_eos,
+                    max_new=row.max_new,
+                    prompt_len=row.prompt_len,
+                    scanner=row.scanner,
+                    decode=self._detokenize,
                 )
             )
         return outputs
+
+    def _detokenize(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -146,7 +146,6 @@ def test_auto_device_resolves_at_load(tiny_gpt2: Path) -> None:
 def test_sampling_defaults_are_validated_with_their_path() -> None:
     from atomr_infer_core import ConfigError
     from atomr_infer_core.config import structure
-
     from atomr_infer_torch import TorchConfig
 
     with pytest.raises(ConfigError) as info:
