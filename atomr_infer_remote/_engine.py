@@ -59,7 +59,7 @@ from atomr_infer_core.errors import (
 
 from ._breaker import CircuitBreaker
 from ._classify import classify_http_status
-from ._http import HttpClientOptions, map_http_errors
+from ._http import HttpClientOptions, LeanResponse, map_http_errors, send_streaming
 from ._limiter import RateLimiter
 from ._queue import BoundedPriorityQueue
 from ._retry import RetryEngine
@@ -494,20 +494,17 @@ class RemoteEngine:
         self, request: _Request, client: httpx.AsyncClient, credential: Secret | None
     ) -> None:
         wire = self.provider.build_request(request.batch, credential)
-        timeouts = self.deployment.timeouts
-        http_request = client.build_request(
-            wire.method,
-            wire.url,
-            headers=wire.headers,
-            json=wire.json,
-            # first byte and read gaps are bounded by the cancel scopes below
-            timeout=httpx.Timeout(
-                connect=timeouts.connect_timeout, read=None, write=None, pool=None
-            ),
-        )
         with map_http_errors(provider=self.provider.name):
             with trio.move_on_at(request.deadline) as head_scope:
-                response = await client.send(http_request, stream=True)
+                # first byte and read gaps are bounded by the cancel scopes here
+                response = await send_streaming(
+                    client,
+                    wire.method,
+                    wire.url,
+                    headers=wire.headers,
+                    json=wire.json,
+                    connect_timeout=self.deployment.timeouts.connect_timeout,
+                )
             if head_scope.cancelled_caught:
                 raise self._first_byte_timeout(request)
             try:
@@ -516,7 +513,7 @@ class RemoteEngine:
                 with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
                     await response.aclose()
 
-    async def _consume(self, request: _Request, response: httpx.Response) -> None:
+    async def _consume(self, request: _Request, response: httpx.Response | LeanResponse) -> None:
         reads = response.aiter_bytes()
         if response.status_code >= 400:
             body = await self._read_all(reads)

@@ -10,8 +10,11 @@ but never the query string (Gemini puts its key there) nor any header.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+import json as _json
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import attrs
 import httpx
@@ -19,7 +22,14 @@ import httpx
 from atomr_infer_core import Timeouts
 from atomr_infer_core.errors import NetworkError, RequestTimeoutError
 
-__all__ = ["HttpClientOptions", "map_http_errors", "open_http_client", "redacted_url"]
+__all__ = [
+    "HttpClientOptions",
+    "LeanResponse",
+    "map_http_errors",
+    "open_http_client",
+    "redacted_url",
+    "send_streaming",
+]
 
 _USER_AGENT = "atomr-infer/0.1"
 
@@ -139,3 +149,195 @@ def map_http_errors(*, provider: str = "upstream", elapsed: float | None = None)
             f"{provider}: connection to {_where(exc)} failed ({detail}); check base_url and "
             "the network"
         ) from exc
+
+
+# -- the lean request path -------------------------------------------------------------
+# httpx's per-request machinery (URL parsing and merging, header models, cookie and
+# redirect handling, stream wrappers, logging) costs about as much as the exchange
+# itself on a fast upstream. :func:`send_streaming` drives the client's own httpcore
+# pool directly (same connections, TLS, HTTP/2 and limits) and falls back to
+# ``client.send`` whenever the client uses anything the lean path does not reproduce
+# (mounts or proxies, auth, event hooks, stored cookies).
+
+try:  # httpx's own translation of httpcore errors, so both paths raise the same errors
+    import httpcore
+    from httpx._transports.default import AsyncResponseStream, map_httpcore_exceptions
+except ImportError:  # pragma: no cover - an httpx without these internals: no lean path
+    httpcore = None  # type: ignore[assignment]
+
+_URL_CACHE_SIZE = 256
+_IDENTITY = (b"", b"identity")
+
+
+class _Lean:
+    """What the lean path keeps per client: its pool, default headers, merged URLs."""
+
+    __slots__ = ("default_headers", "pool", "urls")
+
+    def __init__(self, client: httpx.AsyncClient, pool: Any) -> None:
+        self.pool = pool
+        self.default_headers = list(client.headers.raw)
+        self.urls: dict[str, tuple[httpx.URL, Any, bytes]] = {}
+
+
+_LEAN: weakref.WeakKeyDictionary[httpx.AsyncClient, _Lean | None] = weakref.WeakKeyDictionary()
+
+
+def _lean_for(client: httpx.AsyncClient) -> _Lean | None:
+    try:
+        lean = _LEAN[client]
+    except KeyError:
+        lean = None
+        transport = getattr(client, "_transport", None)
+        pool = getattr(transport, "_pool", None)
+        if (
+            httpcore is not None
+            and type(transport) is httpx.AsyncHTTPTransport
+            and isinstance(pool, httpcore.AsyncConnectionPool)
+            and not getattr(client, "_mounts", None)
+        ):
+            lean = _Lean(client, pool)
+        _LEAN[client] = lean
+    if lean is None or client.auth is not None or client.cookies.jar:
+        return None
+    if any(client.event_hooks.values()):
+        return None
+    return lean
+
+
+class LeanResponse:
+    """A streamed response of the lean path: ``status_code``, ``headers``,
+    ``aiter_bytes()`` (content-decoded) and ``aclose()``, like ``httpx.Response``."""
+
+    __slots__ = ("_headers", "_raw", "_request", "_stream", "status_code")
+
+    def __init__(self, status: int, raw: list[tuple[bytes, bytes]], stream: Any, request: Any):
+        self.status_code = status
+        self._raw = raw
+        self._headers: httpx.Headers | None = None
+        self._stream = stream
+        self._request = request
+
+    @property
+    def headers(self) -> httpx.Headers:
+        if self._headers is None:
+            self._headers = httpx.Headers(self._raw)
+        return self._headers
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        for name, value in self._raw:
+            if name.lower() == b"content-encoding" and value.strip().lower() not in _IDENTITY:
+                # compressed: let httpx's decoders handle it
+                response = httpx.Response(
+                    self.status_code,
+                    headers=self._raw,
+                    stream=AsyncResponseStream(self._stream),
+                    request=self._request(),
+                )
+                return _with_request(response.aiter_bytes(), self._request)
+        return _with_request(self._raw_bytes(), self._request)
+
+    async def _raw_bytes(self) -> AsyncIterator[bytes]:
+        with map_httpcore_exceptions():
+            async for part in self._stream:
+                if part:
+                    yield part
+
+    async def aclose(self) -> None:
+        with _request_on_errors(self._request), map_httpcore_exceptions():
+            await self._stream.aclose()
+
+
+@contextmanager
+def _request_on_errors(make_request: Callable[[], httpx.Request]) -> Iterator[None]:
+    # httpx attaches the request to transport errors; error messages name its URL
+    try:
+        yield
+    except httpx.TransportError as exc:
+        try:
+            exc.request  # noqa: B018
+        except RuntimeError:
+            exc.request = make_request()
+        raise
+
+
+async def _with_request(
+    parts: AsyncIterator[bytes], make_request: Callable[[], httpx.Request]
+) -> AsyncIterator[bytes]:
+    with _request_on_errors(make_request):
+        async for part in parts:
+            yield part
+
+
+async def send_streaming(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    json: Any,
+    connect_timeout: float | None,
+) -> httpx.Response | LeanResponse:
+    """Send one request and return once the response head arrived (body not read).
+
+    Raises httpx's transport errors exactly as ``client.send`` does (wrap the call in
+    :func:`map_http_errors`). Cancellation closes the half-made exchange. The caller
+    must ``aclose()`` the response.
+    """
+    timeout = {"connect": connect_timeout, "read": None, "write": None, "pool": None}
+    lean = _lean_for(client)
+    if lean is None:
+        request = client.build_request(
+            method, url, headers=headers, json=json, timeout=httpx.Timeout(**timeout)
+        )
+        return await client.send(request, stream=True)
+    cached = lean.urls.get(url)
+    if cached is None:
+        merged = client._merge_url(url)
+        core_url = httpcore.URL(
+            scheme=merged.raw_scheme,
+            host=merged.raw_host,
+            port=merged.port,
+            target=merged.raw_path,
+        )
+        host = merged.netloc
+        cached = (merged, core_url, host)
+        if len(lean.urls) < _URL_CACHE_SIZE:
+            lean.urls[url] = cached
+    merged, core_url, host = cached
+    body = b""
+    if json is not None:
+        body = _json.dumps(
+            json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+    given = {name.lower().encode("ascii"): value for name, value in headers.items()}
+    raw: list[tuple[bytes, bytes]] = [(b"Host", host)]
+    for name, value in lean.default_headers:
+        if name.lower() not in given:
+            raw.append((name, value))
+    for name, value in headers.items():
+        raw.append((name.encode("ascii"), value.encode("utf-8")))
+    if json is not None:
+        raw.append((b"Content-Length", str(len(body)).encode("ascii")))
+        raw.append((b"Content-Type", b"application/json"))
+    elif method in ("POST", "PUT", "PATCH") and b"content-length" not in given:
+        raw.append((b"Content-Length", b"0"))
+
+    def make_request() -> httpx.Request:
+        return httpx.Request(method, merged, headers=raw)
+
+    core_request = httpcore.Request(
+        method=method.encode("ascii"),
+        url=core_url,
+        headers=raw,
+        content=body,
+        extensions={"timeout": timeout},
+    )
+    with _request_on_errors(make_request), map_httpcore_exceptions():
+        response = await lean.pool.handle_async_request(core_request)
+    result = LeanResponse(response.status, response.headers, response.stream, make_request)
+    if any(name.lower() == b"set-cookie" for name, _ in response.headers):
+        client.cookies.extract_cookies(
+            httpx.Response(response.status, headers=response.headers, request=make_request())
+        )
+    return result
