@@ -216,6 +216,29 @@ class _ChunkStream:
             raise item.error
         return item  # type: ignore[no-any-return]
 
+    def next_nowait(self) -> TokenChunk | None:
+        """The next chunk if one is already here, else ``None`` (never waits, never
+        raises: the end and errors are left for ``__anext__``). Lets a consumer batch
+        chunks that arrived together."""
+        item = self._next
+        if item is None:
+            try:
+                item = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return None
+        elif isinstance(item, _End | _Failure):
+            return None
+        if isinstance(item, _End | _Failure):
+            self._next = item
+            return None
+        self._next = None
+        return item  # type: ignore[no-any-return]
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the stream is known to have ended normally (no chunk left)."""
+        return isinstance(self._next, _End)
+
 
 # -- the engine -----------------------------------------------------------------------
 class RemoteEngine:
@@ -551,6 +574,7 @@ class RemoteEngine:
                 for chunk in self._feed(parser, event):
                     await self._emit(request, chunk)
                 if parser.finished:
+                    await _drain_buffered(reads)
                     return
         for event in decoder.close():
             for chunk in self._feed(parser, event):
@@ -592,7 +616,29 @@ class RemoteEngine:
         if chunk.usage is not None:
             request.usage = chunk.usage
         request.output_started = True
-        await request.send.send(chunk)
+        # Chunks decoded from one read go out together: no checkpoint per chunk (the next
+        # read is one), so the consumer wakes once per read rather than once per chunk.
+        try:
+            request.send.send_nowait(chunk)
+        except trio.WouldBlock:
+            await request.send.send(chunk)
+
+
+async def _drain_buffered(reads: AsyncIterator[bytes]) -> None:
+    """Read what is left of a finished body only as far as it is already buffered.
+
+    After the provider's end marker the body's own end (HTTP/1.1's last chunk) has
+    usually arrived with it; consuming it lets the connection go back to the pool
+    instead of being closed. Nothing here waits: the first read that would need the
+    network is cancelled at once (the connection is then closed, as before).
+    """
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            async for _ in reads:
+                pass
+        except httpx.TransportError:
+            pass  # the answer is complete; a broken tail only costs the connection
 
 
 def _limiter_and_breaker(

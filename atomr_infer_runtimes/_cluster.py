@@ -363,6 +363,29 @@ class Execution:
             self.usage = chunk.usage
         return chunk
 
+    def next_nowait(self) -> TokenChunk | None:
+        """The next chunk if the runner already produced it, else ``None``.
+
+        Never waits and never raises: the end of the stream and errors come from
+        ``__anext__``. Runners whose iterator has no ``next_nowait`` always give ``None``.
+        """
+        if self._first is not _NOTHING or self._iterator is None:
+            return None
+        take = getattr(self._iterator, "next_nowait", None)
+        if take is None:
+            return None
+        chunk: TokenChunk | None = take()
+        if chunk is not None and chunk.usage is not None:
+            self.usage = chunk.usage
+        return chunk
+
+    @property
+    def exhausted(self) -> bool:
+        """True when the stream is known to have ended normally and no chunk is left."""
+        if self._first is not _NOTHING:
+            return self._first is None
+        return bool(getattr(self._iterator, "exhausted", False))
+
     def _stream_error(self, exc: BaseException) -> InferenceError | None:
         attempt = self._attempt
         if attempt is not None and attempt.error is not None:

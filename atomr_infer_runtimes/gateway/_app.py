@@ -249,10 +249,19 @@ class _Gateway:
             include_usage=parsed.include_usage,
         )
         started = False
+        finished = False
         try:
             async with self.cluster.execute(batch) as chunks:
+                # chunks that arrived together go out in one write; nothing waits for more
+                take = getattr(chunks, "next_nowait", None)
                 async for chunk in chunks:
                     data = encoder.encode(chunk)
+                    if take is not None:
+                        while (more := take()) is not None:
+                            data += encoder.encode(more)
+                        if getattr(chunks, "exhausted", False):
+                            data += encoder.finish()
+                            finished = True
                     if not started:
                         started = True
                         await send(
@@ -262,18 +271,27 @@ class _Gateway:
                                 "headers": [*_SSE_HEADERS, *extra],
                             }
                         )
-                    if data:
+                    if finished:
+                        await send({"type": "http.response.body", "body": data, "more_body": False})
+                    elif data:
                         await send({"type": "http.response.body", "body": data, "more_body": True})
         except InferenceError as exc:
             if not started:
                 await _send_error(send, exc, extra)
                 return exc.http_status
+            if finished:  # the stream was already complete; nothing more can be sent
+                logger.warning(
+                    "request %s failed after its stream ended: %s", batch.request_id, exc.message
+                )
+                return 200
             logger.warning(
                 "request %s failed after streaming began: %s", batch.request_id, exc.message
             )
             await send(
                 {"type": "http.response.body", "body": error_sse_event(exc), "more_body": False}
             )
+            return 200
+        if finished:
             return 200
         if not started:
             await send(
