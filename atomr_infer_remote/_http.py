@@ -11,6 +11,8 @@ but never the query string (Gemini puts its key there) nor any header.
 from __future__ import annotations
 
 import json as _json
+import math
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -98,6 +100,7 @@ async def open_http_client(
         follow_redirects=False,
         trust_env=False,
     )
+    _use_lean_pool(client)
     async with client:
         yield client
 
@@ -341,3 +344,70 @@ async def send_streaming(
             httpx.Response(response.status, headers=response.headers, request=make_request())
         )
     return result
+
+
+# -- the pool's bookkeeping --------------------------------------------------------------
+# httpcore re-checks every pooled connection whenever a request comes or goes, and for
+# each idle one that check is a poll() system call (did the server close it?): with a few
+# dozen connections that is a few dozen system calls per request. The pool below sweeps
+# every connection that way at most every ``_SWEEP_INTERVAL`` seconds, and otherwise
+# checks only the idle connection it is about to reuse, so no request is ever sent on a
+# connection the server closed and expired ones still close on the next sweep.
+
+_SWEEP_INTERVAL = 1.0
+
+if httpcore is not None and httpcore.__version__.startswith("1.0."):
+
+    class _LeanPool(httpcore.AsyncConnectionPool):
+        _last_sweep = -math.inf
+
+        def _assign_requests_to_connections(self) -> list[Any]:
+            now = time.monotonic()
+            if now - self._last_sweep >= _SWEEP_INTERVAL:
+                self._last_sweep = now
+                return super()._assign_requests_to_connections()  # type: ignore[no-any-return]
+            closing: list[Any] = []
+            connections = self._connections
+            for connection in list(connections):
+                if connection.is_closed():
+                    connections.remove(connection)
+                elif not connection.is_idle() and connection.has_expired():
+                    connections.remove(connection)
+                    closing.append(connection)
+                elif connection.is_idle() and len(connections) > self._max_keepalive_connections:
+                    connections.remove(connection)
+                    closing.append(connection)
+            for pool_request in [r for r in self._requests if r.is_queued()]:
+                origin = pool_request.request.url.origin
+                chosen = None
+                for connection in list(connections):
+                    if not (connection.can_handle_request(origin) and connection.is_available()):
+                        continue
+                    if connection.is_idle() and connection.has_expired():
+                        connections.remove(connection)
+                        closing.append(connection)
+                        continue
+                    chosen = connection
+                    break
+                if chosen is None:
+                    idle = [c for c in connections if c.is_idle()]
+                    if len(connections) < self._max_connections:
+                        chosen = self.create_connection(origin)
+                        connections.append(chosen)
+                    elif idle:
+                        connections.remove(idle[0])
+                        closing.append(idle[0])
+                        chosen = self.create_connection(origin)
+                        connections.append(chosen)
+                if chosen is not None:
+                    pool_request.assign_to_connection(chosen)
+            return closing
+
+else:  # pragma: no cover - another httpcore: keep its own pool
+    _LeanPool = None  # type: ignore[assignment,misc]
+
+
+def _use_lean_pool(client: httpx.AsyncClient) -> None:
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    if _LeanPool is not None and type(pool) is httpcore.AsyncConnectionPool:
+        pool.__class__ = _LeanPool

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -171,3 +172,44 @@ async def test_clients_with_event_hooks_take_the_httpx_path() -> None:
         assert isinstance(response, httpx.Response)
         await _read(response)
     assert hooked == [url + "/x"]
+
+
+async def test_an_idle_connection_the_server_closed_is_not_reused_between_sweeps() -> None:
+    """Between full sweeps the pool still checks the idle connection it reuses."""
+    closed = trio.Event()
+    connections = 0
+    reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}"
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            rest += await stream.receive_some(65536)
+        await stream.send_all(reply)
+        if connections == 1:
+            await stream.aclose()  # the server drops the connection once it is idle
+            closed.set()
+        else:
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        async with open_http_client() as client:
+            pool = client._transport._pool  # type: ignore[attr-defined]
+            assert type(pool).__name__ == "_LeanPool"
+            url = f"http://127.0.0.1:{port}/x"
+            for _ in range(2):
+                pool._last_sweep = time.monotonic()  # no full sweep: the lean path decides
+                response = await send_streaming(
+                    client, "POST", url, headers={}, json=BODY, connect_timeout=5.0
+                )
+                assert await _read(response) == b"{}"
+                await closed.wait()
+        nursery.cancel_scope.cancel()
+    assert connections == 2
