@@ -354,7 +354,10 @@ class RemoteEngine:
         deadline = batch.deadline
         if deadline is None:
             deadline = now + self.deployment.timeouts.request_timeout
-        send, receive = trio.open_memory_channel[Any](_CHANNEL_SIZE)
+        # (not open_memory_channel[Any]: subscripting it costs a typing-cache lookup per call)
+        channel: tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]]
+        channel = trio.open_memory_channel(_CHANNEL_SIZE)
+        send, receive = channel
         request = _Request(batch=batch, arrival=now, deadline=deadline, send=send)
         try:
             self._queue.put_nowait(request, batch.priority)
