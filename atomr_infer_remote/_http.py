@@ -319,7 +319,7 @@ async def send_streaming(
         if name.lower() not in given:
             raw.append((name, value))
     for name, value in headers.items():
-        raw.append((name.encode("ascii"), value.encode("utf-8")))
+        raw.append((name.encode("ascii"), value.encode("ascii")))  # as httpx encodes them
     if json is not None:
         raw.append((b"Content-Length", str(len(body)).encode("ascii")))
         raw.append((b"Content-Type", b"application/json"))
