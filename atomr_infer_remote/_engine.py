@@ -435,10 +435,12 @@ class RemoteEngine:
         except InferenceError as error:
             error.deployment = error.deployment or self.deployment.name
             self._count_failure(error.kind)
-            await request.send.send(_Failure(error))
+            await _put(request, _Failure(error))
             return
         self._completed += 1
-        await request.send.send(_END)
+        # without a checkpoint when there is room: the worker is done (``request.done``
+        # set) before the caller wakes, so the caller's exit does not wait for it
+        await _put(request, _END)
 
     def _count_failure(self, kind: str) -> None:
         self._failed[kind] = self._failed.get(kind, 0) + 1
@@ -621,10 +623,15 @@ class RemoteEngine:
         request.output_started = True
         # Chunks decoded from one read go out together: no checkpoint per chunk (the next
         # read is one), so the consumer wakes once per read rather than once per chunk.
-        try:
-            request.send.send_nowait(chunk)
-        except trio.WouldBlock:
-            await request.send.send(chunk)
+        await _put(request, chunk)
+
+
+async def _put(request: _Request, item: Any) -> None:
+    """Hand ``item`` to the caller; waits (a checkpoint) only when its channel is full."""
+    try:
+        request.send.send_nowait(item)
+    except trio.WouldBlock:
+        await request.send.send(item)
 
 
 async def _drain_buffered(reads: AsyncIterator[bytes]) -> None:
