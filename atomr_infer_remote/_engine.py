@@ -234,11 +234,6 @@ class _ChunkStream:
         self._next = None
         return item  # type: ignore[no-any-return]
 
-    @property
-    def exhausted(self) -> bool:
-        """True once the stream is known to have ended normally (no chunk left)."""
-        return isinstance(self._next, _End)
-
 
 # -- the engine -----------------------------------------------------------------------
 class RemoteEngine:

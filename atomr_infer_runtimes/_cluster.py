@@ -379,13 +379,6 @@ class Execution:
             self.usage = chunk.usage
         return chunk
 
-    @property
-    def exhausted(self) -> bool:
-        """True when the stream is known to have ended normally and no chunk is left."""
-        if self._first is not _NOTHING:
-            return self._first is None
-        return bool(getattr(self._iterator, "exhausted", False))
-
     def _stream_error(self, exc: BaseException) -> InferenceError | None:
         attempt = self._attempt
         if attempt is not None and attempt.error is not None:

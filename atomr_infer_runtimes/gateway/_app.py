@@ -249,7 +249,6 @@ class _Gateway:
             include_usage=parsed.include_usage,
         )
         started = False
-        finished = False
         try:
             async with self.cluster.execute(batch) as chunks:
                 # chunks that arrived together go out in one write; nothing waits for more
@@ -259,9 +258,6 @@ class _Gateway:
                     if take is not None:
                         while (more := take()) is not None:
                             data += encoder.encode(more)
-                        if getattr(chunks, "exhausted", False):
-                            data += encoder.finish()
-                            finished = True
                     if not started:
                         started = True
                         await send(
@@ -271,27 +267,18 @@ class _Gateway:
                                 "headers": [*_SSE_HEADERS, *extra],
                             }
                         )
-                    if finished:
-                        await send({"type": "http.response.body", "body": data, "more_body": False})
-                    elif data:
+                    if data:
                         await send({"type": "http.response.body", "body": data, "more_body": True})
         except InferenceError as exc:
             if not started:
                 await _send_error(send, exc, extra)
                 return exc.http_status
-            if finished:  # the stream was already complete; nothing more can be sent
-                logger.warning(
-                    "request %s failed after its stream ended: %s", batch.request_id, exc.message
-                )
-                return 200
             logger.warning(
                 "request %s failed after streaming began: %s", batch.request_id, exc.message
             )
             await send(
                 {"type": "http.response.body", "body": error_sse_event(exc), "more_body": False}
             )
-            return 200
-        if finished:
             return 200
         if not started:
             await send(
