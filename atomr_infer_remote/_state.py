@@ -55,10 +55,15 @@ class SpendWindow(Protocol):
 class StateBackend(Protocol):
     """Limiters, breakers and spend windows by key; the same key gives the same object."""
 
-    def limiter(self, key: str, limits: RateLimits) -> RateLimiter: ...
+    def limiter(self, key: str, limits: RateLimits, *, name: str | None = None) -> RateLimiter: ...
 
     def breaker(
-        self, key: str, config: CircuitBreakerConfig, *, provider: str = "custom"
+        self,
+        key: str,
+        config: CircuitBreakerConfig,
+        *,
+        provider: str = "custom",
+        name: str | None = None,
     ) -> CircuitBreaker: ...
 
     def window(self, key: str) -> SpendWindow: ...
@@ -137,20 +142,29 @@ class MemoryStateBackend:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._windows: dict[str, MemorySpendWindow] = {}
 
-    def limiter(self, key: str, limits: RateLimits) -> RateLimiter:
+    def limiter(self, key: str, limits: RateLimits, *, name: str | None = None) -> RateLimiter:
+        """The limiter stored under ``key``; ``name`` is what errors and logs call it."""
         found = self._limiters.get(key)
         if found is None:
-            found = self._limiters[key] = RateLimiter(limits, name=key)
+            found = self._limiters[key] = RateLimiter(limits, name=name or key)
         elif found.limits != limits:
             raise ConfigError([(key, f"rate limiter already exists with {found.limits}")])
         return found
 
     def breaker(
-        self, key: str, config: CircuitBreakerConfig, *, provider: str = "custom"
+        self,
+        key: str,
+        config: CircuitBreakerConfig,
+        *,
+        provider: str = "custom",
+        name: str | None = None,
     ) -> CircuitBreaker:
+        """The breaker stored under ``key``; ``name`` is what errors and logs call it."""
         found = self._breakers.get(key)
         if found is None:
-            found = self._breakers[key] = CircuitBreaker(config, name=key, provider=provider)
+            found = self._breakers[key] = CircuitBreaker(
+                config, name=name or key, provider=provider
+            )
         elif found.config != config:
             raise ConfigError([(key, f"circuit breaker already exists with {found.config}")])
         return found

@@ -735,14 +735,17 @@ def _limiter(state: Any, deployment: Deployment) -> Any:
     spec = (
         f"{lim.requests_per_minute}/{lim.tokens_per_minute}/{lim.concurrent_requests}/{lim.strict}"
     )
-    return state.limiter(f"limits:{deployment.name}:{spec}", lim)
+    return state.limiter(f"limits:{deployment.name}:{spec}", lim, name=deployment.name)
 
 
 def _breaker(state: Any, deployment: Deployment, plugin: RuntimePlugin) -> Any:
     cb = deployment.circuit_breaker
     spec = f"{cb.failure_threshold}/{cb.open_duration:g}/{cb.half_open_max_probes}"
     return state.breaker(
-        f"breaker:{deployment.name}:{spec}", deployment.circuit_breaker, provider=str(plugin.name)
+        f"breaker:{deployment.name}:{spec}",
+        deployment.circuit_breaker,
+        provider=str(plugin.name),
+        name=deployment.name,
     )
 
 

@@ -500,3 +500,12 @@ async def test_non_idempotent_deployment_is_not_resent_after_dispatch(
         # refused before dispatch (breaker open): nothing was sent, so it moves on
         cluster.breaker("chat").force_open(30.0)
         assert (await cluster.complete("chat", messages=HELLO)).deployment == "backup"
+
+
+async def test_breaker_and_limiter_errors_name_the_deployment(mock_plugin, mock_deployment) -> None:
+    async with cluster_of(mock_plugin, mock_deployment("chat")) as cluster:
+        cluster.breaker("chat").force_open(30.0)
+        with pytest.raises(CircuitOpenError) as opened:
+            await cluster.complete("chat", messages=HELLO)
+        assert "circuit breaker 'chat' for mock is open" in opened.value.message
+        assert cluster.limiter("chat").name == "chat"
