@@ -155,9 +155,8 @@ def test_sampling_defaults_are_validated_with_their_path() -> None:
     )
 
 
-def test_the_embedded_default_samples_as_smollm2s_authors_recommend() -> None:
+def test_the_embedded_default_is_greedy_unless_asked_to_sample() -> None:
     from atomr_infer_torch._plugin import DEFAULT_DEPLOYMENTS
 
     smollm2 = next(d for d in DEFAULT_DEPLOYMENTS if d.name == "smollm2")
-    assert smollm2.runtime_config["default_temperature"] == 0.2
-    assert smollm2.runtime_config["default_top_p"] == 0.9
+    assert smollm2.runtime_config["default_temperature"] == 0.0
