@@ -37,6 +37,7 @@ from ._local import (
     StepModel as StepModel,
     StopScanner as StopScanner,
     advance_sequence as advance_sequence,
+    render_prompt as render_prompt,
 )
 from ._messages import (
     ContentPart as ContentPart,
@@ -128,6 +129,7 @@ __all__ = [
     "hookimpl",
     "infer_runtime",
     "register_model_patterns",
+    "render_prompt",
     "unregister_model_patterns",
 ]
 

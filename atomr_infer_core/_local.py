@@ -13,7 +13,7 @@ worker thread at a time, never concurrently, so a StepModel needs no locks.
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -22,7 +22,7 @@ from ._messages import ExecuteBatch, RequestKind
 from ._runner import SessionRebuildCause
 from ._tokens import FinishReason, TokenUsage
 
-__all__ = ["SequenceOutput", "StepModel", "StopScanner", "advance_sequence"]
+__all__ = ["SequenceOutput", "StepModel", "StopScanner", "advance_sequence", "render_prompt"]
 
 
 @attrs.frozen(kw_only=True)
@@ -159,3 +159,24 @@ def advance_sequence(
     return SequenceOutput(
         seq_id=seq_id, text_delta=delta, new_tokens=1, finish_reason=finish, usage=usage
     )
+
+
+def render_prompt(tokenizer: Any, batch: ExecuteBatch) -> tuple[str, bool]:
+    """The prompt text of ``batch`` and whether the tokenizer should add special tokens.
+
+    Chat requests use the tokenizer's chat template when it has one (it adds its own
+    special tokens), else a plain ``role: text`` transcript ending in ``assistant:``.
+    ``developer`` messages are sent as ``system`` (chat templates know no other).
+    Shared by the local runtimes so a prompt renders the same on torch and ONNX.
+    """
+    if batch.messages is None:
+        return batch.prompt or "", True
+    messages = [
+        {"role": "system" if str(m.role) == "developer" else str(m.role), "content": m.text}
+        for m in batch.messages
+    ]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text, False
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "assistant:"]), True

@@ -30,6 +30,7 @@ from atomr_infer_core import (
     StopScanner,
     TransportKind,
     advance_sequence,
+    render_prompt,
 )
 from atomr_infer_core.errors import (
     BadRequestError,
@@ -196,21 +197,6 @@ class OnnxEncoder(_OnnxBase):
             norms = np.linalg.norm(pooled, axis=-1, keepdims=True)
             vectors += (pooled / np.clip(norms, 1e-12, None)).astype(np.float64).tolist()
         return vectors
-
-
-def render_prompt(tokenizer: Any, batch: ExecuteBatch) -> tuple[str, bool]:
-    """Prompt text and whether to add special tokens (same rules as the torch runtime)."""
-    if batch.messages is None:
-        return batch.prompt or "", True
-    messages = [
-        {"role": "system" if str(m.role) == "developer" else str(m.role), "content": m.text}
-        for m in batch.messages
-    ]
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text, False
-    lines = [f"{m['role']}: {m['content']}" for m in messages]
-    return "\n".join([*lines, "assistant:"]), True
 
 
 @attrs.define(eq=False)

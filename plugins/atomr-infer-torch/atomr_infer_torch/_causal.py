@@ -29,6 +29,7 @@ from atomr_infer_core import (
     StopScanner,
     TransportKind,
     advance_sequence,
+    render_prompt,
 )
 from atomr_infer_core.errors import BadRequestError, ContextLengthExceededError
 
@@ -36,32 +37,13 @@ from ._config import TorchConfig
 from ._device import expected_transport, pick_device, pick_dtype, transport_for
 from ._weights import resolve_weights
 
-__all__ = ["TorchCausalLM", "render_prompt"]
+__all__ = ["TorchCausalLM", "render_prompt"]  # render_prompt: from core, re-exported
 
 log = logging.getLogger("atomr_infer.torch")
 
 #: shortest shared prompt prefix worth caching, and how many prefixes are kept
 MIN_PREFIX_TOKENS = 8
 PREFIX_CACHE_ENTRIES = 8
-
-
-def render_prompt(tokenizer: Any, batch: ExecuteBatch) -> tuple[str, bool]:
-    """The prompt text of ``batch`` and whether the tokenizer should add special tokens.
-
-    Chat requests use the tokenizer's chat template when it has one (it adds its own
-    special tokens), else a plain ``role: text`` transcript ending in ``assistant:``.
-    """
-    if batch.messages is None:
-        return batch.prompt or "", True
-    messages = [
-        {"role": "system" if str(m.role) == "developer" else str(m.role), "content": m.text}
-        for m in batch.messages
-    ]
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text, False
-    lines = [f"{m['role']}: {m['content']}" for m in messages]
-    return "\n".join([*lines, "assistant:"]), True
 
 
 @attrs.define(eq=False)
