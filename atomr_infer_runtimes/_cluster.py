@@ -726,6 +726,20 @@ class Cluster:
             )
             self.metrics.in_flight.labels(name).set(runtime.outstanding)
             self.metrics.queue_depth.labels(name).set(runtime.admission.capacity.queued)
+            retries = _engine_retries(runtime)
+            if retries is not None:
+                self.metrics.upstream_retries.labels(name).set(retries)
+
+
+def _engine_retries(runtime: DeploymentRuntime) -> int | None:
+    """Retries made by the replicas' remote engines, or None for runners without one."""
+    counts = [
+        getattr(stats(), "retries", None)
+        for replica in runtime.replicas
+        if callable(stats := getattr(replica.runner, "statistics", None))
+    ]
+    known = [c for c in counts if isinstance(c, int)]
+    return sum(known) if known else None
 
 
 def _limiter(state: Any, deployment: Deployment) -> Any:

@@ -120,6 +120,13 @@ class ClusterMetrics:
             ["deployment", "window"],
             registry=r,
         )
+        self.upstream_retries = Gauge(
+            "atomr_upstream_retries",
+            "Retries the remote engine made, summed over the deployment's replicas "
+            "since the deployment started.",
+            ["deployment"],
+            registry=r,
+        )
         self.deployment_up = Gauge(
             "atomr_deployment_serving",
             "1 when the deployment is serving.",
@@ -151,7 +158,14 @@ class ClusterMetrics:
     def forget(self, deployment: str) -> None:
         """Drop the live gauges of an undeployed deployment (counters stay)."""
         self._bound.pop(deployment, None)
-        for gauge in (self.queue_depth, self.in_flight, self.breaker_state, self.deployment_up):
+        gauges = (
+            self.queue_depth,
+            self.in_flight,
+            self.breaker_state,
+            self.deployment_up,
+            self.upstream_retries,
+        )
+        for gauge in gauges:
             _remove(gauge, (deployment,))
         for window in ("hour", "day"):
             _remove(self.spend, (deployment, window))

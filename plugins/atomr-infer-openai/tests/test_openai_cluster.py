@@ -203,3 +203,13 @@ async def test_gateway_client_disconnect_aborts_the_upstream_stream() -> None:
             with trio.fail_after(5):
                 await server.wait_for_aborted_streams(1)
     assert server.aborted_streams == 1
+
+
+async def test_engine_retries_reach_the_metrics(autojump_clock: trio.testing.MockClock) -> None:
+    async with mock_openai() as server, _cluster(_deployment("chat", server)) as cluster:
+        server.inject_5xx(2)
+        tokens = await cluster.complete("chat", messages=HI)
+        cluster.metrics.render()
+        retries = cluster.metrics.sample("atomr_upstream_retries", {"deployment": "chat"})
+    assert tokens.text == "Echo: hello world"
+    assert retries == 2.0
