@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -15,7 +16,14 @@ from ._app import create_app as create_app
 from ._auth import check_bind_allowed as check_bind_allowed
 from ._errors import error_body as error_body, error_response as error_response
 
-__all__ = ["check_bind_allowed", "create_app", "error_body", "error_response", "serve_gateway"]
+__all__ = [
+    "check_bind_allowed",
+    "create_app",
+    "error_body",
+    "error_response",
+    "open_gateway",
+    "serve_gateway",
+]
 
 
 def _hypercorn_config(host: str, port: int, grace: float) -> HypercornConfig:
@@ -57,3 +65,24 @@ async def serve_gateway(
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown_trigger))
         task_status.started(binds[0])
+
+
+@asynccontextmanager
+async def open_gateway(
+    cluster: Any, *, host: str | None = None, port: int | None = None
+) -> AsyncIterator[str]:
+    """Serve ``cluster`` for the duration of the block; yield the bound base URL.
+
+    The gateway runs in a nursery this context manager owns. Leaving the block shuts it
+    down gracefully: the listener closes and in-flight requests get
+    ``[cluster].shutdown_grace`` to finish before they are cancelled.
+    """
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(
+            partial(serve_gateway, cluster, host=host, port=port, shutdown_trigger=stop.wait)
+        )
+        try:
+            yield url
+        finally:
+            stop.set()

@@ -13,7 +13,7 @@ import trio
 from atomr_infer_anthropic import PLUGIN
 from atomr_infer_core.config import load_config
 from atomr_infer_runtimes import open_cluster
-from atomr_infer_runtimes.gateway import serve_gateway
+from atomr_infer_runtimes.gateway import open_gateway
 from atomr_infer_testkit import MockAnthropicServer, mock_anthropic
 
 HI = [{"role": "user", "content": "hello big world"}]
@@ -28,19 +28,9 @@ async def gateway_for(server: MockAnthropicServer) -> AsyncIterator[httpx.AsyncC
         "retry": {"jitter": "none"},
     }
     config = load_config({"cluster": {"bind": "127.0.0.1:0"}, "deployment": [deployment]})
-    stop = trio.Event()
     async with open_cluster(config, plugins=[PLUGIN], load_entry_points=False) as cluster:
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(
-                lambda task_status: serve_gateway(
-                    cluster, shutdown_trigger=stop.wait, task_status=task_status
-                )
-            )
-            try:
-                async with httpx.AsyncClient(base_url=url) as http:
-                    yield http
-            finally:
-                stop.set()
+        async with open_gateway(cluster) as url, httpx.AsyncClient(base_url=url) as http:
+            yield http
 
 
 def sse_payloads(text: str) -> list[Any]:

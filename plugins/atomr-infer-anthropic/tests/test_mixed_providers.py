@@ -12,14 +12,13 @@ from typing import Any
 
 import openai
 import pytest
-import trio
 
 from atomr_infer_anthropic import PLUGIN as ANTHROPIC
 from atomr_infer_core import CircuitBreakerConfig, Deployment, RetryPolicy
 from atomr_infer_gemini import PLUGIN as GEMINI
 from atomr_infer_openai import _plugin as openai_plugin
 from atomr_infer_runtimes import open_cluster
-from atomr_infer_runtimes.gateway import serve_gateway
+from atomr_infer_runtimes.gateway import open_gateway
 from atomr_infer_testkit import mock_anthropic, mock_gemini, mock_openai
 
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -88,23 +87,8 @@ async def test_fallback_chain_across_providers_and_breaker() -> None:
     assert len(gem.requests) == 3
 
 
-@asynccontextmanager
-async def gateway(cluster: Any) -> AsyncIterator[str]:
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(
-            lambda task_status: serve_gateway(
-                cluster, port=0, shutdown_trigger=stop.wait, task_status=task_status
-            )
-        )
-        try:
-            yield url
-        finally:
-            stop.set()
-
-
 async def test_one_gateway_serves_all_three_to_the_openai_client() -> None:
-    async with three_providers() as (cluster, _, ant, gem), gateway(cluster) as url:
+    async with three_providers() as (cluster, _, ant, gem), open_gateway(cluster, port=0) as url:
         client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         async with client:
             texts = {}

@@ -18,7 +18,7 @@ import atomr_infer_openai._plugin as openai_plugin
 from atomr_infer_core.config import load_config
 from atomr_infer_core.errors import ContextLengthExceededError, NetworkError
 from atomr_infer_runtimes import open_cluster
-from atomr_infer_runtimes.gateway import serve_gateway
+from atomr_infer_runtimes.gateway import open_gateway
 from atomr_infer_testkit import MockOpenAIServer, mock_openai
 
 HI = [{"role": "user", "content": "hello world"}]
@@ -41,21 +41,6 @@ async def _cluster(*deployments: dict[str, Any]) -> AsyncIterator[Any]:
     config = load_config({"cluster": {"bind": "127.0.0.1:0"}, "deployment": list(deployments)})
     async with open_cluster(config, plugins=[openai_plugin], load_entry_points=False) as cluster:
         yield cluster
-
-
-@asynccontextmanager
-async def _gateway(cluster: Any) -> AsyncIterator[str]:
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(
-            lambda task_status: serve_gateway(
-                cluster, shutdown_trigger=stop.wait, task_status=task_status
-            )
-        )
-        try:
-            yield url
-        finally:
-            stop.set()
 
 
 # -- through the Cluster ----------------------------------------------------------------
@@ -146,7 +131,7 @@ async def test_cluster_mid_stream_drop_has_no_duplicated_text() -> None:
 # -- through the gateway ----------------------------------------------------------------
 async def test_gateway_sdk_json_and_stream() -> None:
     async with mock_openai() as server, _cluster(_deployment("chat", server)) as cluster:
-        async with _gateway(cluster) as url:
+        async with open_gateway(cluster) as url:
             client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
             async with client:
                 reply = await client.chat.completions.create(model="chat", messages=HI)
@@ -167,7 +152,7 @@ async def test_gateway_context_length_is_400() -> None:
         mock_openai(context_window=1) as server,
         _cluster(_deployment("chat", server)) as cluster,
     ):
-        async with _gateway(cluster) as url, httpx.AsyncClient(base_url=url) as http:
+        async with open_gateway(cluster) as url, httpx.AsyncClient(base_url=url) as http:
             resp = await http.post("/v1/chat/completions", json={"model": "chat", "messages": HI})
     assert resp.status_code == 400
     assert resp.json()["error"]["code"] == "context_length_exceeded"
@@ -176,7 +161,7 @@ async def test_gateway_context_length_is_400() -> None:
 async def test_gateway_mid_stream_drop_sends_an_error_event() -> None:
     async with mock_openai() as server, _cluster(_deployment("chat", server)) as cluster:
         server.drop_after(3)
-        async with _gateway(cluster) as url, httpx.AsyncClient(base_url=url) as http:
+        async with open_gateway(cluster) as url, httpx.AsyncClient(base_url=url) as http:
             body = {"model": "chat", "messages": HI, "stream": True}
             resp = await http.post("/v1/chat/completions", json=body)
     events = [line[6:] for line in resp.text.splitlines() if line.startswith("data: ")]
@@ -193,7 +178,7 @@ async def test_gateway_mid_stream_drop_sends_an_error_event() -> None:
 async def test_gateway_client_disconnect_aborts_the_upstream_stream() -> None:
     async with mock_openai() as server, _cluster(_deployment("chat", server)) as cluster:
         server.stall_after(2)
-        async with _gateway(cluster) as url:
+        async with open_gateway(cluster) as url:
             async with httpx.AsyncClient(base_url=url) as http:
                 body = {"model": "chat", "messages": HI, "stream": True}
                 async with http.stream("POST", "/v1/chat/completions", json=body) as resp:

@@ -16,7 +16,7 @@ from hypercorn.trio import serve
 import atomr_infer_openai._plugin as openai_plugin
 from atomr_infer_core.config import load_config
 from atomr_infer_runtimes import open_cluster
-from atomr_infer_runtimes.gateway import serve_gateway
+from atomr_infer_runtimes.gateway import open_gateway
 
 WORDS = ["Hel", "lo", " there", "!"]
 
@@ -66,13 +66,7 @@ async def test_batched_stream_is_complete_and_ends_once() -> None:
         }
         config = load_config({"cluster": {"bind": "127.0.0.1:0"}, "deployment": [deployment]})
         async with open_cluster(config, plugins=[openai_plugin], load_entry_points=False) as cl:
-            stop = trio.Event()
-            async with trio.open_nursery() as nursery:
-                url = await nursery.start(
-                    lambda task_status: serve_gateway(
-                        cl, shutdown_trigger=stop.wait, task_status=task_status
-                    )
-                )
+            async with open_gateway(cl) as url:
                 body = {
                     "model": "chat",
                     "messages": [{"role": "user", "content": "hi"}],
@@ -94,4 +88,3 @@ async def test_batched_stream_is_complete_and_ends_once() -> None:
                         )
                         assert text == "".join(WORDS)
                         assert payloads[-1]["usage"]["completion_tokens"] == 4
-                stop.set()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import openai
 import pytest
-import trio
 
 from atomr_infer_core import ClusterConfig, Config
 from atomr_infer_runtimes import open_cluster
-from atomr_infer_runtimes.gateway import serve_gateway
+from atomr_infer_runtimes.gateway import open_gateway
 from atomr_infer_torch import DEFAULT_DEPLOYMENTS, _plugin
 
 pytestmark = pytest.mark.slow
@@ -18,14 +17,8 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 async def test_openai_client_against_the_embedded_default() -> None:
     config = Config(cluster=ClusterConfig(bind="127.0.0.1:0"), deployments=DEFAULT_DEPLOYMENTS)
-    stop = trio.Event()
     async with open_cluster(config, plugins=[_plugin], load_entry_points=False) as cluster:
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(
-                lambda task_status: serve_gateway(
-                    cluster, shutdown_trigger=stop.wait, task_status=task_status
-                )
-            )
+        async with open_gateway(cluster) as url:
             client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
             async with client:
                 reply = await client.chat.completions.create(
@@ -44,7 +37,6 @@ async def test_openai_client_against_the_embedded_default() -> None:
                     model="minilm", input=["A man plays guitar.", "Someone plays a guitar."]
                 )
                 models = await client.models.list()
-            stop.set()
     assert "Paris" in reply.choices[0].message.content
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 2

@@ -25,7 +25,7 @@ from atomr_infer_core import (
     TokenChunk,
 )
 from atomr_infer_core.errors import NotFoundError
-from atomr_infer_runtimes.gateway import serve_gateway
+from atomr_infer_runtimes.gateway import open_gateway as serving
 from atomr_infer_testkit import MockConfig, MockRunner
 
 
@@ -163,19 +163,10 @@ async def open_gateway(cluster: FakeCluster) -> AsyncIterator[str]:
     On exit the gateway shuts down gracefully (in-flight handlers finish), then the
     cluster is cancelled.
     """
-    stop = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(cluster.run)
-        async with trio.open_nursery() as gateway:
-            url = await gateway.start(
-                lambda task_status: serve_gateway(
-                    cluster, port=0, shutdown_trigger=stop.wait, task_status=task_status
-                )
-            )
-            try:
-                yield url
-            finally:
-                stop.set()
+        async with serving(cluster, port=0) as url:
+            yield url
         nursery.cancel_scope.cancel()
 
 

@@ -14,7 +14,7 @@ import trio.testing
 
 from atomr_infer_core.config import load_config
 from atomr_infer_runtimes import open_cluster
-from atomr_infer_runtimes.gateway import serve_gateway
+from atomr_infer_runtimes.gateway import open_gateway
 from atomr_infer_testkit import MockRunner, mock_runtime_plugin
 
 from .test_disconnect import _count_tasks, _open, _request
@@ -93,20 +93,11 @@ async def open_real_gateway() -> AsyncIterator[tuple[str, dict[str, TimedRunner]
     plugin = mock_runtime_plugin(
         runner_class=TimedRunner, on_create=lambda r: runners.__setitem__(r.deployment.name, r)
     )
-    stop = trio.Event()
     async with open_cluster(
         load_config(CONFIG), plugins=[plugin], load_entry_points=False
     ) as cluster:
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(
-                lambda task_status: serve_gateway(
-                    cluster, shutdown_trigger=stop.wait, task_status=task_status
-                )
-            )
-            try:
-                yield url, runners
-            finally:
-                stop.set()
+        async with open_gateway(cluster) as url:
+            yield url, runners
 
 
 def _client(url: str) -> openai.AsyncOpenAI:
