@@ -33,6 +33,7 @@ from atomr_infer_core import (
 )
 from atomr_infer_core.errors import BadRequestError, ContextLengthExceededError
 
+from ._cache import cache_argument, make_cache, returned_layers
 from ._config import TorchConfig
 from ._device import expected_transport, pick_device, pick_dtype, transport_for
 from ._weights import resolve_weights
@@ -85,6 +86,8 @@ class TorchCausalLM:
         self.model: Any = None
         self.tokenizer: Any = None
         self.path: Path | None = None
+        #: the keyword this model's forward takes its cache under (set by ``load``)
+        self._cache_argument = "past_key_values"
         self._prefixes: OrderedDict[tuple[int, ...], tuple[list[Any], list[Any]]] = OrderedDict()
         self._reset()
 
@@ -109,6 +112,7 @@ class TorchCausalLM:
         dtype = pick_dtype(self.config.dtype, self.device)
         model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
         self.model = model.to(self.device).eval()
+        self._cache_argument = cache_argument(self.model)
         self._torch = torch
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen is not None else None
@@ -215,17 +219,15 @@ class TorchCausalLM:
         )
 
     def _forward(self, ids: Any, mask: Any, positions: Any, keys: list[Any], values: list[Any]):
-        from transformers import DynamicCache
-
-        cache = DynamicCache(list(zip(keys, values, strict=True))) if keys else DynamicCache()
+        cache = make_cache(list(zip(keys, values, strict=True)))
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_argument: cache},
         )
-        layers = out.past_key_values.layers
+        layers = returned_layers(out)
         return out.logits[:, -1, :], [la.keys for la in layers], [la.values for la in layers]
 
     def _decode(self) -> list[SequenceOutput]:

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ._cache import cache_argument, make_cache, returned_layers
 from ._config import Task
 from ._weights import resolve_weights
 
@@ -107,9 +108,8 @@ def _plain(torch: Any, net: Any, kind: Task, output_name: str) -> tuple[Any, ...
 
 
 def _causal_with_cache(torch: Any, net: Any) -> tuple[Any, ...]:
-    from transformers import DynamicCache
-
     layers = net.config.num_hidden_layers
+    argument = cache_argument(net)
 
     class WithCache(torch.nn.Module):
         def __init__(self) -> None:
@@ -124,22 +124,22 @@ def _causal_with_cache(torch: Any, net: Any) -> tuple[Any, ...]:
             past_keys: Any,
             past_values: Any,
         ) -> Any:
-            cache = DynamicCache([(past_keys[i], past_values[i]) for i in range(layers)])
+            cache = make_cache([(past_keys[i], past_values[i]) for i in range(layers)])
             out = self.net(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=cache,
                 use_cache=True,
+                **{argument: cache},
             )
-            done = out.past_key_values.layers
+            done = returned_layers(out)
             keys = torch.stack([la.keys for la in done])
             values = torch.stack([la.values for la in done])
             return out.logits[:, -1, :], keys, values
 
     with torch.no_grad():
         probe = net(input_ids=torch.ones((1, 2), dtype=torch.long), use_cache=True)
-    _, heads, _, head_dim = probe.past_key_values.layers[0].keys.shape
+    _, heads, _, head_dim = returned_layers(probe)[0].keys.shape
     rows, new, past = 2, 3, 5
     example = (
         torch.ones((rows, new), dtype=torch.long),
