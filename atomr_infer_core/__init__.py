@@ -74,6 +74,11 @@ from ._tokens import (
 )
 from .errors import ConfigError as ConfigError, InferenceError as InferenceError
 
+#: the version of the core distribution, ``atomr-infer-trio`` (every plugin shares it)
+__version__ = "0.2.0"
+#: the core distribution's name on the package index
+DISTRIBUTION = "atomr-infer-trio"
+
 __all__ = [
     "Budget",
     "BudgetAction",
