@@ -23,8 +23,40 @@ NO_LOCAL_RUNTIME = (
 )
 
 
+def _versions() -> str:
+    """The core's version, Python's, and every installed plugin distribution's (without importing them)."""
+    import importlib.metadata as md
+    import platform
+
+    from atomr_infer_core import DISTRIBUTION, __version__
+
+    lines = [f"{DISTRIBUTION} {__version__} (Python {platform.python_version()})"]
+    plugins: dict[str, tuple[str, list[str]]] = {}
+    for ep in md.entry_points(group="atomr_infer"):
+        dist = ep.dist
+        name, version = (dist.metadata["Name"], dist.version) if dist else ("?", "?")
+        plugins.setdefault(name, (version, []))[1].append(ep.name)
+    for name, (version, entries) in sorted(plugins.items()):
+        lines.append(f"  {name} {version} (plugin: {', '.join(sorted(entries))})")
+    if not plugins:
+        lines.append("  no runtime plugins installed (try `pip install atomr-infer-openai`)")
+    return "\n".join(lines)
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(_versions())
+        parser.exit()
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atomr-infer", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the core's and every plugin's version"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
     serve.add_argument("--config", help="project file (TOML); default: the embedded default")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,16 @@ def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         env=_env(**env),
         timeout=60,
     )
+
+
+def test_version_lists_the_core_and_installed_plugins_without_importing_them() -> None:
+    from atomr_infer_core import __version__
+
+    result = _run("--version", ATOMR_INFER_LOAD_PLUGINS="")
+    assert result.returncode == 0, result.stderr
+    first, *rest = result.stdout.splitlines()
+    assert first.startswith(f"atomr-infer-trio {__version__} (Python 3.")
+    assert f"  atomr-infer-testkit {__version__} (plugin: testkit)" in rest
 
 
 def test_plugins_lists_the_testkit_runtime() -> None:
@@ -114,19 +125,10 @@ chunk_delay = "100ms"
 """
 
 
-async def _read_banner(proc: trio.Process) -> str:
-    assert proc.stdout is not None
-    buffer = b""
-    while b"atomr-infer gateway on " not in buffer or not buffer.endswith(b"\n"):
-        data = await proc.stdout.receive_some(4096)
-        assert data, "serve exited before printing its banner"
-        buffer += data
-    line = next(ln for ln in buffer.decode().splitlines() if "atomr-infer gateway on " in ln)
-    return line.split(" on ", 1)[1].split()[0]
-
-
 @pytest.mark.slow
-async def test_sigterm_drains_ten_in_flight_streams_and_exits_0(tmp_path: Path) -> None:
+async def test_sigterm_drains_ten_in_flight_streams_and_exits_0(
+    tmp_path: Path, read_banner: Callable[[trio.Process], Awaitable[str]]
+) -> None:
     import signal
 
     import httpx
@@ -150,7 +152,7 @@ async def test_sigterm_drains_ten_in_flight_streams_and_exits_0(tmp_path: Path) 
     )
     try:
         with trio.fail_after(60):
-            url = await _read_banner(proc)
+            url = await read_banner(proc)
             results: list[list[str]] = []
             first_chunks = trio.Semaphore(0)
             body = {
