@@ -29,9 +29,7 @@ def shift_chunk(chunk: TokenChunk, prompt: int, n: int) -> TokenChunk:
 
 async def complete_prompts(cluster: Any, batches: Sequence[ExecuteBatch]) -> Tokens:
     """Every prompt's answer in one :class:`Tokens`; raises the first prompt's error."""
-    results: list[tuple[list[TokenChunk], TokenUsage, Any]] = [([], TokenUsage(), None)] * len(
-        batches
-    )
+    results: list[tuple[list[TokenChunk], TokenUsage, Any] | None] = [None] * len(batches)
     failures: list[InferenceError] = []
 
     async def one(i: int, batch: ExecuteBatch, cancel_scope: trio.CancelScope) -> None:
@@ -57,9 +55,10 @@ async def complete_prompts(cluster: Any, batches: Sequence[ExecuteBatch]) -> Tok
     n = batches[0].sampling.n
     builder = TokensBuilder(request_id=batches[0].request_id)
     total = TokenUsage()
-    for p, (chunks, usage, _) in enumerate(results):
+    answered = [r for r in results if r is not None]  # every one: no prompt failed
+    for p, (chunks, usage, _) in enumerate(answered):
         for chunk in chunks:
             builder.add(shift_chunk(chunk, p, n))
         total = total + usage
-    tokens = builder.build(deployment=results[0][2])
+    tokens = builder.build(deployment=answered[0][2])
     return attrs.evolve(tokens, usage=total)
