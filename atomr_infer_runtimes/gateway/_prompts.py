@@ -2,9 +2,10 @@
 
 Each prompt is its own batch through the cluster (its own admission, retries, fallbacks);
 the answer has ``n`` choices per prompt, prompt ``p``'s choice ``c`` at index ``p * n + c``,
-and the usage of all of them. Unary requests run the prompts concurrently; a stream sends
-them one after the other (each chunk names its choice index). The first prompt that fails
-fails the request, and cancels the others.
+and the usage of all of them. Unary requests run up to :data:`PROMPT_CONCURRENCY` prompts at
+a time (a request of 2,048 prompts must not fill a deployment's queue and shed everyone
+else's requests); a stream sends them one after the other (each chunk names its choice
+index). The first prompt that fails fails the request, and cancels the others.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import trio
 from atomr_infer_core import ExecuteBatch, TokenChunk, Tokens, TokensBuilder, TokenUsage
 from atomr_infer_core.errors import InferenceError
 
-__all__ = ["complete_prompts", "shift_chunk"]
+__all__ = ["PROMPT_CONCURRENCY", "complete_prompts", "shift_chunk"]
+
+#: prompts of one request in flight at once
+PROMPT_CONCURRENCY = 4
 
 
 def shift_chunk(chunk: TokenChunk, prompt: int, n: int) -> TokenChunk:
@@ -31,12 +35,13 @@ async def complete_prompts(cluster: Any, batches: Sequence[ExecuteBatch]) -> Tok
     """Every prompt's answer in one :class:`Tokens`; raises the first prompt's error."""
     results: list[tuple[list[TokenChunk], TokenUsage, Any] | None] = [None] * len(batches)
     failures: list[InferenceError] = []
+    limiter = trio.CapacityLimiter(PROMPT_CONCURRENCY)
 
     async def one(i: int, batch: ExecuteBatch, cancel_scope: trio.CancelScope) -> None:
         chunks: list[TokenChunk] = []
         usage = TokenUsage()
         try:
-            async with cluster.execute(batch) as stream:
+            async with limiter, cluster.execute(batch) as stream:
                 async for chunk in stream:
                     chunks.append(chunk)
                     usage = chunk.usage if chunk.usage is not None else usage

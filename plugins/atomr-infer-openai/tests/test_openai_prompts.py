@@ -97,3 +97,18 @@ async def test_prompts_that_are_not_strings_are_400(prompt: object, message: str
     assert message in str(caught.value)
     assert caught.value.body["param"] == "prompt"  # type: ignore[index]
     assert server.requests == []
+
+
+async def test_many_prompts_run_a_few_at_a_time_in_order() -> None:
+    from atomr_infer_runtimes.gateway._prompts import PROMPT_CONCURRENCY
+
+    prompts = [f"prompt {i}" for i in range(3 * PROMPT_CONCURRENCY)]
+    async with _gateway() as (client, server):
+        for _ in prompts:  # every answer takes a while: all would overlap if they could
+            server.slow_first_byte(0.2)
+        reply = await trio.to_thread.run_sync(
+            lambda: client.completions.create(model="text", prompt=prompts)
+        )
+    assert [c.text for c in reply.choices] == [f"Echo: {p}" for p in prompts]
+    assert len(server.requests) == len(prompts)
+    assert server.peak_in_flight == PROMPT_CONCURRENCY

@@ -171,6 +171,9 @@ class MockProviderServer:
         self.streams_started = 0
         self.streams_completed = 0
         self.aborted_streams = 0
+        #: requests being answered now, and the most there ever were at once
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.required_key: str | None = None
         self._routes: list[_Route] = []
         self._faults: collections.deque[Fault] = collections.deque()
@@ -359,13 +362,18 @@ class MockProviderServer:
             body=body,
         )
         self.requests.append(request)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-            try:
-                await self._respond(request, send)
-            except _Drop:
-                pass
-            nursery.cancel_scope.cancel()
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+                try:
+                    await self._respond(request, send)
+                except _Drop:
+                    pass
+                nursery.cancel_scope.cancel()
+        finally:
+            self.in_flight -= 1
 
     async def _respond(self, request: RecordedRequest, send: Any) -> None:
         route = next((r for r in self._routes if r.matches(request.method, request.path)), None)
