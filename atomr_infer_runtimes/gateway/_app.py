@@ -24,7 +24,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from atomr_infer_core import RequestKind, TokensBuilder
+from atomr_infer_core import RequestKind, TokenChunk, Tokens, TokensBuilder, TokenUsage
 from atomr_infer_core.errors import InferenceError, InternalError, NotFoundError
 
 from ._auth import KeyChecker
@@ -42,6 +42,7 @@ from ._openai import (
     render_completion,
     render_embeddings,
 )
+from ._prompts import complete_prompts, shift_chunk
 
 __all__ = ["create_app", "to_plain"]
 
@@ -199,16 +200,11 @@ class _Gateway:
         self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]]
     ) -> int:
         batch = parsed.batch
-        builder = TokensBuilder(request_id=batch.request_id)
         try:
-            async with self.cluster.execute(batch) as chunks:
-                async for chunk in chunks:
-                    builder.add(chunk)
-                deployment = getattr(chunks, "deployment", None)
+            tokens = await self._tokens(parsed)
         except InferenceError as exc:
             await _send_error(send, exc, extra)
             return exc.http_status
-        tokens = builder.build(deployment=deployment)
         created = int(time.time())
         if batch.kind is RequestKind.CHAT:
             body = render_chat(
@@ -224,7 +220,7 @@ class _Gateway:
                 response_id=f"cmpl-{batch.request_id}",
                 created=created,
                 model=parsed.model,
-                n=batch.sampling.n,
+                n=batch.sampling.n * max(1, len(parsed.prompts)),
             )
         else:
             body = render_embeddings(
@@ -235,6 +231,16 @@ class _Gateway:
             )
         await _send_full(send, 200, [_JSON, *extra], body)
         return 200
+
+    async def _tokens(self, parsed: ParsedRequest) -> Tokens:
+        if parsed.prompts:
+            return await complete_prompts(self.cluster, parsed.prompts)
+        builder = TokensBuilder(request_id=parsed.batch.request_id)
+        async with self.cluster.execute(parsed.batch) as chunks:
+            async for chunk in chunks:
+                builder.add(chunk)
+            deployment = getattr(chunks, "deployment", None)
+        return builder.build(deployment=deployment)
 
     async def _stream(
         self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]]
@@ -249,26 +255,35 @@ class _Gateway:
             include_usage=parsed.include_usage,
         )
         started = False
+        total = TokenUsage()
         try:
-            async with self.cluster.execute(batch) as chunks:
-                # chunks that arrived together go out in one write; nothing waits for more
-                take = getattr(chunks, "next_nowait", None)
-                async for chunk in chunks:
-                    data = encoder.encode(chunk)
-                    if take is not None:
-                        while (more := take()) is not None:
-                            data += encoder.encode(more)
-                    if not started:
-                        started = True
-                        await send(
-                            {
-                                "type": "http.response.start",
-                                "status": 200,
-                                "headers": [*_SSE_HEADERS, *extra],
-                            }
-                        )
-                    if data:
-                        await send({"type": "http.response.body", "body": data, "more_body": True})
+            for prompt, one in enumerate(parsed.prompts or (batch,)):
+                if parsed.prompts:
+                    encoder.usage = None  # this prompt's usage; summed into total below
+                async with self.cluster.execute(one) as chunks:
+                    # chunks that arrived together go out in one write; nothing waits for more
+                    take = getattr(chunks, "next_nowait", None)
+                    async for chunk in chunks:
+                        data = encoder.encode(self._shift(parsed, chunk, prompt))
+                        if take is not None:
+                            while (more := take()) is not None:
+                                data += encoder.encode(self._shift(parsed, more, prompt))
+                        if not started:
+                            started = True
+                            await send(
+                                {
+                                    "type": "http.response.start",
+                                    "status": 200,
+                                    "headers": [*_SSE_HEADERS, *extra],
+                                }
+                            )
+                        if data:
+                            await send(
+                                {"type": "http.response.body", "body": data, "more_body": True}
+                            )
+                total = total + (encoder.usage or TokenUsage())
+            if parsed.prompts:
+                encoder.usage = total
         except InferenceError as exc:
             if not started:
                 await _send_error(send, exc, extra)
@@ -286,6 +301,14 @@ class _Gateway:
             )
         await send({"type": "http.response.body", "body": encoder.finish(), "more_body": False})
         return 200
+
+    @staticmethod
+    def _shift(parsed: ParsedRequest, chunk: TokenChunk, prompt: int) -> TokenChunk:
+        if not parsed.prompts:
+            return chunk
+        shifted = shift_chunk(chunk, prompt, parsed.batch.sampling.n)
+        # the encoder keeps the last usage it saw: hand it this prompt's, summed after
+        return attrs.evolve(shifted, usage=chunk.usage)
 
 
 async def _send_full(

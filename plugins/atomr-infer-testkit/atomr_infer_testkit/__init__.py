@@ -25,9 +25,16 @@ from ._mock_server import (
     open_mock_server as open_mock_server,
     sse_frame as sse_frame,
 )
+from ._shell import (
+    MOCK_PROVIDERS as MOCK_PROVIDERS,
+    mock_banner as mock_banner,
+    run_mock as run_mock,
+    serve_mock as serve_mock,
+)
 
 __all__: list[str] = [
     "MOCK_PRICES",
+    "MOCK_PROVIDERS",
     "Fault",
     "JSONReply",
     "MockAnthropicServer",
@@ -41,9 +48,12 @@ __all__: list[str] = [
     "RecordedRequest",
     "StreamReply",
     "mock_anthropic",
+    "mock_banner",
     "mock_gemini",
     "mock_openai",
     "mock_runtime_plugin",
     "open_mock_server",
+    "run_mock",
+    "serve_mock",
     "sse_frame",
 ]
