@@ -160,6 +160,7 @@ class Execution:
         self._first: Any = _NOTHING
         self._done = False
         self._arrival = 0.0
+        self._first_at = 0.0
         self._phase = "queue"
         self._entered = False
         #: the current attempt reached a runner (a non-idempotent one must not be re-sent)
@@ -280,7 +281,8 @@ class Execution:
         self._first = first
         self.deployment = runtime.name
         self._log.extra = {"request_id": self.request_id, "deployment": runtime.name}
-        self._cluster.metrics.of(runtime.name).ttft.observe(trio.current_time() - self._arrival)
+        self._first_at = trio.current_time()
+        self._cluster.metrics.of(runtime.name).ttft.observe(self._first_at - self._arrival)
 
     def _set_phase(self, phase: str) -> None:
         self._phase = phase
@@ -422,8 +424,12 @@ class Execution:
         name = self.deployment or "?"
         bound = cluster.metrics.of(name)
         if error is None:
+            now = trio.current_time()
             bound.ok.inc()
-            bound.latency.observe(trio.current_time() - self._arrival)
+            bound.latency.observe(now - self._arrival)
+            produced = self.usage.output_tokens if self.usage is not None else 0
+            if produced > 1:
+                bound.tpot.observe((now - self._first_at) / (produced - 1))
         elif isinstance(error, InferenceError):
             cluster.metrics.requests.labels(name, "error", error.kind).inc()
             self._log.warning("failed after output began: %s: %s", error.kind, error.message)
@@ -670,6 +676,7 @@ class Cluster:
             )
             return runtime.status()
         self._deployments[deployment.name] = runtime
+        self.metrics.describe(deployment.name, model=deployment.model, runtime=str(plugin.name))
         if deployment.name not in self._order:
             self._order.append(deployment.name)
         if old is not None:
@@ -726,20 +733,18 @@ class Cluster:
             )
             self.metrics.in_flight.labels(name).set(runtime.outstanding)
             self.metrics.queue_depth.labels(name).set(runtime.admission.capacity.queued)
-            retries = _engine_retries(runtime)
-            if retries is not None:
-                self.metrics.upstream_retries.labels(name).set(retries)
+            for runner, retries in _engine_retries(runtime):
+                self.metrics.count_retries(name, runner, retries)
 
 
-def _engine_retries(runtime: DeploymentRuntime) -> int | None:
-    """Retries made by the replicas' remote engines, or None for runners without one."""
+def _engine_retries(runtime: DeploymentRuntime) -> list[tuple[object, int]]:
+    """(runner, retries so far) of each replica whose runner has a remote engine."""
     counts = [
-        getattr(stats(), "retries", None)
+        (replica.runner, getattr(stats(), "retries", None))
         for replica in runtime.replicas
         if callable(stats := getattr(replica.runner, "statistics", None))
     ]
-    known = [c for c in counts if isinstance(c, int)]
-    return sum(known) if known else None
+    return [(runner, c) for runner, c in counts if isinstance(c, int)]
 
 
 def _limiter(state: Any, deployment: Deployment) -> Any:
