@@ -30,6 +30,7 @@ from atomr_infer_core.errors import InferenceError, InternalError, NotFoundError
 from ._auth import KeyChecker
 from ._disconnect import ClientDisconnected, ResponseState, cancel_on_disconnect, read_body
 from ._errors import error_body, error_headers, error_response, error_sse_event
+from ._headers import deployment_headers, processing_ms_header
 from ._openai import (
     ChatStreamEncoder,
     CompletionStreamEncoder,
@@ -96,6 +97,18 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+class _Served:
+    """What the access log and the headers learn while a request is served."""
+
+    __slots__ = ("deployment", "started", "tenant", "usage")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.deployment: str | None = None
+        self.tenant: str | None = None
+        self.usage: Any = None
+
+
 class _Gateway:
     """ASGI entry: dispatches POST fast paths, hands everything else to Quart."""
 
@@ -123,6 +136,7 @@ class _Gateway:
         extra = [(b"x-request-id", request_id.encode())]
         status = 200
         state = ResponseState()
+        served = _Served(started)
 
         async def tracked_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -140,9 +154,10 @@ class _Gateway:
                 content_length=int(length) if length and length.isdigit() else None,
             )
             parsed: ParsedRequest = parser(parse_json_body(body), request_id)
+            served.tenant = parsed.batch.tenant
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, state)
-                status = await self._dispatch(parsed, tracked_send, extra, state)
+                status = await self._dispatch(parsed, tracked_send, extra, state, served)
                 nursery.cancel_scope.cancel()
         except InferenceError as exc:
             status = exc.http_status
@@ -152,14 +167,7 @@ class _Gateway:
         finally:
             if state.gone:
                 status = 499
-            logger.info(
-                "%s %s %d request_id=%s %.1fms",
-                scope["method"],
-                scope["path"],
-                status,
-                request_id,
-                (time.perf_counter() - started) * 1000,
-            )
+            self._log_access(scope, status, request_id, started, served)
 
     async def _dispatch(
         self,
@@ -167,12 +175,13 @@ class _Gateway:
         send: Send,
         extra: list[tuple[bytes, bytes]],
         state: ResponseState,
+        served: _Served,
     ) -> int:
         batch = parsed.batch
         try:
             if batch.stream and batch.kind is not RequestKind.EMBEDDING:
-                return await self._stream(parsed, send, extra)
-            return await self._unary(parsed, send, extra)
+                return await self._stream(parsed, send, extra, served)
+            return await self._unary(parsed, send, extra, served)
         except Exception as exc:
             # a bug below us: answer 500 (or end the stream) and log the traceback
             if isinstance(exc, InferenceError):
@@ -195,8 +204,45 @@ class _Gateway:
             await _send_error(send, error, extra)
             return 500
 
+    def _answer_headers(
+        self, deployment: str | None, served: _Served, extra: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        """``extra`` plus who answered, its rate-limit state and the processing time."""
+        served.deployment = deployment
+        return [
+            *extra,
+            *deployment_headers(self.cluster, deployment),
+            processing_ms_header(served.started, time.perf_counter()),
+        ]
+
+    def _log_access(
+        self, scope: Scope, status: int, request_id: str, started: float, served: _Served
+    ) -> None:
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        usage = served.usage
+        fields = {
+            "request_id": request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "latency_ms": latency_ms,
+            "deployment": served.deployment,
+            "tenant": served.tenant,
+            "tokens_in": usage.input_tokens if usage is not None else None,
+            "tokens_out": usage.output_tokens if usage is not None else None,
+        }
+        logger.info(
+            "%s %s %d request_id=%s %.1fms",
+            scope["method"],
+            scope["path"],
+            status,
+            request_id,
+            latency_ms,
+            extra=fields,
+        )
+
     async def _unary(
-        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]]
+        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]], served: _Served
     ) -> int:
         batch = parsed.batch
         builder = TokensBuilder(request_id=batch.request_id)
@@ -206,9 +252,10 @@ class _Gateway:
                     builder.add(chunk)
                 deployment = getattr(chunks, "deployment", None)
         except InferenceError as exc:
-            await _send_error(send, exc, extra)
+            await _send_error(send, exc, self._answer_headers(exc.deployment, served, extra))
             return exc.http_status
         tokens = builder.build(deployment=deployment)
+        served.usage = tokens.usage
         created = int(time.time())
         if batch.kind is RequestKind.CHAT:
             body = render_chat(
@@ -233,11 +280,11 @@ class _Gateway:
                 inputs=batch.inputs or (),
                 encoding_format=parsed.encoding_format,
             )
-        await _send_full(send, 200, [_JSON, *extra], body)
+        await _send_full(send, 200, [_JSON, *self._answer_headers(deployment, served, extra)], body)
         return 200
 
     async def _stream(
-        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]]
+        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]], served: _Served
     ) -> int:
         batch = parsed.batch
         chat = batch.kind is RequestKind.CHAT
@@ -248,7 +295,7 @@ class _Gateway:
             model=parsed.model,
             include_usage=parsed.include_usage,
         )
-        started = False
+        began = False
         try:
             async with self.cluster.execute(batch) as chunks:
                 # chunks that arrived together go out in one write; nothing waits for more
@@ -258,20 +305,23 @@ class _Gateway:
                     if take is not None:
                         while (more := take()) is not None:
                             data += encoder.encode(more)
-                    if not started:
-                        started = True
+                    if not began:
+                        began = True
+                        headers = self._answer_headers(
+                            getattr(chunks, "deployment", None), served, extra
+                        )
                         await send(
                             {
                                 "type": "http.response.start",
                                 "status": 200,
-                                "headers": [*_SSE_HEADERS, *extra],
+                                "headers": [*_SSE_HEADERS, *headers],
                             }
                         )
                     if data:
                         await send({"type": "http.response.body", "body": data, "more_body": True})
         except InferenceError as exc:
-            if not started:
-                await _send_error(send, exc, extra)
+            if not began:
+                await _send_error(send, exc, self._answer_headers(exc.deployment, served, extra))
                 return exc.http_status
             logger.warning(
                 "request %s failed after streaming began: %s", batch.request_id, exc.message
@@ -280,10 +330,12 @@ class _Gateway:
                 {"type": "http.response.body", "body": error_sse_event(exc), "more_body": False}
             )
             return 200
-        if not started:
+        if not began:
+            headers = self._answer_headers(getattr(chunks, "deployment", None), served, extra)
             await send(
-                {"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *extra]}
+                {"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *headers]}
             )
+        served.usage = encoder.usage
         await send({"type": "http.response.body", "body": encoder.finish(), "more_body": False})
         return 200
 
