@@ -31,6 +31,11 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override [cluster].bind's host")
     serve.add_argument("--port", type=int, help="override [cluster].bind's port (0: any free port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or one JSON object per line (default: [cluster] log_format)",
+    )
     sub.add_parser("plugins", help="list installed runtime plugins")
     check = sub.add_parser("check", help="validate a config file and print its deployments")
     check.add_argument("--config", required=True)
@@ -191,10 +196,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from atomr_infer_core import ConfigError
     from atomr_infer_core.config import load_config
+    from atomr_infer_runtimes._logging import configure_logging
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         config = load_config(args.config) if args.config else _default_config()
     except ConfigError as exc:
@@ -203,6 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config is None:
         print(NO_LOCAL_RUNTIME, file=sys.stderr)
         return 1
+    configure_logging(args.log_level, args.log_format or config.cluster.log_format.value)
     from atomr_infer_runtimes.gateway import check_bind_allowed
 
     settings = config.cluster
