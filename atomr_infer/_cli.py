@@ -42,6 +42,13 @@ def _build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a running gateway's deployments")
     status.add_argument("--url", default="http://127.0.0.1:8080")
     status.add_argument("--api-key", default=os.environ.get("ATOMR_API_KEY"))
+    rotate = sub.add_parser(
+        "rotate-credentials",
+        help="make a running gateway fetch its deployments' credentials again (no restart)",
+    )
+    rotate.add_argument("--url", default="http://127.0.0.1:8080")
+    rotate.add_argument("--api-key", default=os.environ.get("ATOMR_API_KEY"))
+    rotate.add_argument("--deployment", help="only this deployment (default: all)")
     sub.add_parser("demo", help="remote-only demo against the testkit's mock OpenAI server")
     export = sub.add_parser("export-onnx", help="export a Hugging Face model to ONNX")
     export.add_argument("model")
@@ -286,6 +293,39 @@ def _spend(dep: dict[str, Any]) -> str:
     return "-"
 
 
+# ---------------------------------------------------------------- rotate-credentials
+
+
+def _rotate_credentials(url: str, api_key: str | None, deployment: str | None) -> int:
+    import httpx
+
+    base = url.rstrip("/")
+    base = base.removesuffix("/v1")  # the SDK's base URL works too
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {"deployment": deployment} if deployment else {}
+    try:
+        response = httpx.post(
+            base + "/admin/rotate-credentials", json=body, headers=headers, timeout=60.0
+        )
+    except httpx.HTTPError as exc:
+        print(f"cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {}
+    for result in payload.get("deployments", []):
+        line = f"{result.get('deployment')}: {result.get('rebuilt', 0)} session(s) rebuilt"
+        if result.get("failed"):
+            line += f", {result['failed']} failed: {result.get('error')}"
+        print(line)
+    if response.status_code != 200:
+        error = payload.get("error", {}).get("message") if payload else response.text
+        print(f"rotate-credentials: {response.status_code}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------- export-onnx
 
 
@@ -313,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "status":
         return _status(args.url, args.api_key)
+    if args.command == "rotate-credentials":
+        return _rotate_credentials(args.url, args.api_key, args.deployment)
     if args.command == "demo":
         from atomr_infer._demo import run_demo
 

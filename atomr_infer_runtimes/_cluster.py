@@ -66,6 +66,7 @@ from ._admission import Ticket
 from ._deployments import DeploymentRuntime, DeploymentState, DeploymentStatus, ReplicaSlot
 from ._metrics import BREAKER_STATE_VALUES, ClusterMetrics
 from ._plugins import PluginRegistry
+from ._rotation import RotationResult, rotate_credentials
 from ._routing import fallback_chain, resolve_deployment
 from ._supervisor import RestartPolicy
 
@@ -499,6 +500,15 @@ class Cluster:
     def runtime(self, name: str) -> DeploymentRuntime:
         """The live deployment (replicas, admission, budget) — for health and tests."""
         return self._deployments[name]
+
+    async def rotate_credentials(self, name: str | None = None) -> list[RotationResult]:
+        """Rebuild the runner sessions of deployment ``name`` (all when ``None``) so they
+        fetch their credentials again; in-flight requests finish on their old session.
+
+        Raises NotFoundError for an unknown ``name``; a failed rebuild is reported in
+        its :class:`RotationResult` and leaves the old session serving.
+        """
+        return await rotate_credentials(self._deployments, self._order, name)
 
     # -- requests ------------------------------------------------------------------
 

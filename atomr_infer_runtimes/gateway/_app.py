@@ -25,9 +25,10 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from atomr_infer_core import RequestKind, TokensBuilder
-from atomr_infer_core.errors import InferenceError, InternalError, NotFoundError
+from atomr_infer_core.errors import BadRequestError, InferenceError, InternalError, NotFoundError
 
 from ._auth import KeyChecker
+from ._cors import CORSMiddleware
 from ._disconnect import ClientDisconnected, ResponseState, cancel_on_disconnect, read_body
 from ._errors import error_body, error_headers, error_response, error_sse_event
 from ._headers import deployment_headers, processing_ms_header
@@ -376,7 +377,7 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
 
     @app.before_request
     async def _auth() -> Response | None:
-        if request.path.startswith("/v1/"):
+        if request.path.startswith(("/v1/", "/admin/")):
             try:
                 raw = request.headers.get("authorization")
                 keys.check(raw.encode("latin1") if raw else None)
@@ -418,6 +419,36 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
                 "deployments": [to_plain(d) for d in deployments],
             }
         )
+
+    @app.post("/admin/rotate-credentials")
+    async def rotate() -> Response:
+        name = request.args.get("deployment")
+        if name is None and await request.get_data():
+            try:
+                body = parse_json_body(await request.get_data())
+            except InferenceError as exc:
+                return _error_json(exc)
+            name = body.get("deployment")
+            if name is not None and not isinstance(name, str):
+                return _error_json(
+                    BadRequestError("'deployment' must be a string", param="deployment")
+                )
+        try:
+            results = await cluster.rotate_credentials(name)
+        except InferenceError as exc:
+            return _error_json(exc)
+        payload: dict[str, Any] = {"deployments": [to_plain(r) for r in results]}
+        failed = [r for r in results if not r.ok]
+        if not failed:
+            return _json_response(payload)
+        summary = "; ".join(f"{r.deployment}: {r.error}" for r in failed)
+        payload["error"] = {
+            "message": f"credential rotation failed ({summary}); the old sessions keep serving",
+            "type": "upstream_error",
+            "param": None,
+            "code": "rotation_failed",
+        }
+        return _json_response(payload, 502)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -470,5 +501,8 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
 
 def create_app(cluster: Any) -> Any:
     """The gateway's ASGI app for ``cluster`` (see the module docstring)."""
-    keys = KeyChecker(cluster.config.cluster.api_keys)
-    return _Gateway(cluster, _build_quart(cluster, keys))
+    settings = cluster.config.cluster
+    keys = KeyChecker(settings.api_keys)
+    app: Any = _Gateway(cluster, _build_quart(cluster, keys))
+    origins = getattr(settings, "cors_origins", ())
+    return CORSMiddleware(app, origins) if origins else app
