@@ -49,6 +49,10 @@ def _build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--url", default="http://127.0.0.1:8080")
     rotate.add_argument("--api-key", default=os.environ.get("ATOMR_API_KEY"))
     rotate.add_argument("--deployment", help="only this deployment (default: all)")
+    schema = sub.add_parser(
+        "schema", help="print the JSON Schema of the config file (for editors and CI checks)"
+    )
+    schema.add_argument("--out", help="write it to this file instead of stdout")
     sub.add_parser("demo", help="remote-only demo against the testkit's mock OpenAI server")
     export = sub.add_parser("export-onnx", help="export a Hugging Face model to ONNX")
     export.add_argument("model")
@@ -326,6 +330,30 @@ def _rotate_credentials(url: str, api_key: str | None, deployment: str | None) -
     return 0
 
 
+# ---------------------------------------------------------------- schema
+
+
+def schema_text() -> str:
+    """The config file's JSON Schema as ``schema`` prints it (and docs/ commits it)."""
+    import json
+
+    from atomr_infer_core.config import config_schema
+
+    return json.dumps(config_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def _schema(out: str | None) -> int:
+    text = schema_text()
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    from pathlib import Path
+
+    Path(out).write_text(text, encoding="utf-8")
+    print(f"wrote the config schema to {out}")
+    return 0
+
+
 # ---------------------------------------------------------------- export-onnx
 
 
@@ -355,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args.url, args.api_key)
     if args.command == "rotate-credentials":
         return _rotate_credentials(args.url, args.api_key, args.deployment)
+    if args.command == "schema":
+        return _schema(args.out)
     if args.command == "demo":
         from atomr_infer._demo import run_demo
 
