@@ -14,6 +14,7 @@ import enum
 import inspect
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,8 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+#: W3C trace context, version 00 (other versions: ignored, a new trace starts)
+_TRACEPARENT = re.compile(rb"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 _PARSERS = {
     "/v1/chat/completions": parse_chat,
     "/v1/completions": parse_completion,
@@ -156,6 +159,10 @@ class _Gateway:
             )
             parsed: ParsedRequest = parser(parse_json_body(body), request_id)
             served.tenant = parsed.batch.tenant
+            traceparent = headers.get(b"traceparent")
+            if traceparent is not None and _TRACEPARENT.match(traceparent):
+                # continue the caller's trace (and pass it upstream even with tracing off)
+                parsed.batch = attrs.evolve(parsed.batch, traceparent=traceparent.decode())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, state)
                 status = await self._dispatch(parsed, tracked_send, extra, state, served)

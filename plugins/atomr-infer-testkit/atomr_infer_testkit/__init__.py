@@ -8,6 +8,10 @@ from ._mock_anthropic import (
 )
 from ._mock_gemini import MockGeminiServer as MockGeminiServer, mock_gemini as mock_gemini
 from ._mock_openai import MockOpenAIServer as MockOpenAIServer, mock_openai as mock_openai
+from ._mock_otlp import (
+    MockOTLPCollector as MockOTLPCollector,
+    mock_otlp_collector as mock_otlp_collector,
+)
 from ._mock_runner import (
     MOCK_PRICES as MOCK_PRICES,
     MockConfig as MockConfig,
@@ -34,6 +38,7 @@ __all__: list[str] = [
     "MockConfig",
     "MockCounters",
     "MockGeminiServer",
+    "MockOTLPCollector",
     "MockOpenAIServer",
     "MockProviderServer",
     "MockReplicaCrash",
@@ -43,6 +48,7 @@ __all__: list[str] = [
     "mock_anthropic",
     "mock_gemini",
     "mock_openai",
+    "mock_otlp_collector",
     "mock_runtime_plugin",
     "open_mock_server",
     "sse_frame",
