@@ -60,14 +60,18 @@ def deployment_headers(cluster: Any, deployment: str | None) -> Headers:
     stats = getattr(limiter, "statistics", None)
     if not callable(stats):
         return headers
-    limits = limiter.limits
+    limits = getattr(limiter, "limits", None)
+    if limits is None:
+        return headers
     now = stats()
-    headers += _limit_headers(
-        "requests", limits.requests_per_minute, now.requests_available, now.requests_reset_s
-    )
-    headers += _limit_headers(
-        "tokens", limits.tokens_per_minute, now.tokens_available, now.tokens_reset_s
-    )
+    # a backend whose statistics lack a field simply sends fewer headers
+    for kind, limit in (
+        ("requests", limits.requests_per_minute),
+        ("tokens", limits.tokens_per_minute),
+    ):
+        available = getattr(now, f"{kind}_available", None)
+        reset_s = getattr(now, f"{kind}_reset_s", None)
+        headers += _limit_headers(kind, limit, available, reset_s)
     return headers
 
 

@@ -1,0 +1,137 @@
+"""What tracing costs the gateway: wrk → gateway (mock runtime) with OpenTelemetry off and on.
+
+"on" exports every span and the GenAI metrics over OTLP/HTTP to a stand-in collector in
+another process (the testkit's mock collector: real HTTP, answers 200). ``--baseline DIR``
+adds a run of another checkout's gateway (e.g. ``git worktree add /tmp/base main``) with
+the same interpreter, to show what "off" costs against code without tracing at all.
+
+    .venv/bin/python bench/tracing.py [--duration 5] [--baseline /tmp/base]
+
+Runs are interleaved (off, on, off, on, …) so a noisy neighbour hurts each alike; the
+table shows the median of ``--rounds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gateway import CHAT, _config, _pin, _read_url, _wait_ready, _wrk
+
+ROOT = Path(__file__).resolve().parents[1]
+
+COLLECTOR = """
+import trio
+from atomr_infer_testkit import mock_otlp_collector
+
+async def main():
+    async with mock_otlp_collector() as collector:
+        print(collector.url, flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+def _start_collector() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [*_pin(1), sys.executable, "-c", COLLECTOR], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def _start_gateway(tree: Path, telemetry: str | None) -> tuple[subprocess.Popen[str], str]:
+    config = _config(0, "mock", None, 8)
+    if telemetry:
+        config = f'[telemetry]\nendpoint = "{telemetry}"\n\n' + config
+    path = Path(tempfile.mkdtemp()) / "bench.toml"
+    path.write_text(config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = str(tree)  # the tree's own packages win over the editable install
+    proc = subprocess.Popen(
+        [
+            *_pin(0),
+            sys.executable,
+            "-m",
+            "atomr_infer",
+            "serve",
+            "--config",
+            str(path),
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        cwd=tree,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    url = _read_url(proc, "atomr-infer gateway on ")
+    _wait_ready(url + "/health/ready")
+    return proc, url
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--baseline", type=Path, help="a checkout without tracing, for comparison")
+    args = parser.parse_args()
+    collector_proc, collector = _start_collector()
+    setups = [("off", ROOT, None), ("on (OTLP to a local collector)", ROOT, collector)]
+    if args.baseline:
+        setups.insert(0, (f"baseline ({args.baseline.name})", args.baseline.resolve(), None))
+    results: dict[tuple[str, bool], list[dict[str, float]]] = {}
+    try:
+        for _ in range(args.rounds):
+            for name, tree, telemetry in setups:
+                proc, url = _start_gateway(tree, telemetry)
+                try:
+                    for stream in (False, True):
+                        body = {**CHAT, "stream": stream}
+                        _wrk(url + "/v1/chat/completions", body, args.connections, 1)
+                        run = _wrk(
+                            url + "/v1/chat/completions", body, args.connections, args.duration
+                        )
+                        results.setdefault((name, stream), []).append(run)
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=60)
+    finally:
+        collector_proc.terminate()
+        collector_proc.wait(timeout=10)
+    print(f"# tracing cost, gateway with the mock runtime, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, gateway pinned: {'core 0' if _pin(0) else 'no'}; "
+        f"wrk -t1 -c{args.connections} {args.duration}s, median of {args.rounds}"
+    )
+    print()
+    print("| tracing | mode | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|")
+    for name, _, _ in setups:
+        for stream in (False, True):
+            runs = results[(name, stream)]
+            rps = statistics.median(r["rps"] for r in runs)
+            p50 = statistics.median(r["p50"] for r in runs)
+            p99 = statistics.median(r["p99"] for r in runs)
+            errors = sum(r["errors"] for r in runs)
+            mode = "stream" if stream else "json"
+            print(f"| {name} | {mode} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
