@@ -1,4 +1,4 @@
-"""``python -m atomr_infer``: serve, plugins, check, status, demo, export-onnx.
+"""``python -m atomr_infer``: serve, plugins, check, status, rotate-credentials, schema, demo, export-onnx.
 
 Heavy imports (trio, the gateway, httpx, runtime plugins) happen inside the commands,
 so ``--help`` is instant and a remote-only ``serve`` never imports torch or onnxruntime.

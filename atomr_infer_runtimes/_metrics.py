@@ -7,6 +7,7 @@ metrics (CPU, memory, file descriptors) of the gateway's process.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 
 import prometheus_client
@@ -160,8 +161,8 @@ class ClusterMetrics:
         self._refreshers: list[Callable[[], None]] = []
         self._bound: dict[str, DeploymentMetrics] = {}
         self._models: dict[str, str] = {}
-        #: the engine retry count last seen, per runner (a restarted replica starts at 0)
-        self._retries_seen: dict[int, int] = {}
+        #: the engine retry count last seen, per runner (a replaced runner starts at 0)
+        self._retries_seen: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
 
     def of(self, deployment: str) -> DeploymentMetrics:
         """The bound children of ``deployment`` (created on first use)."""
@@ -186,10 +187,9 @@ class ClusterMetrics:
 
     def count_retries(self, deployment: str, runner: object, retries: int) -> None:
         """Add what ``runner``'s engine retried since the last look to the counter."""
-        key = id(runner)
-        seen = self._retries_seen.get(key, 0)
+        seen = self._retries_seen.get(runner, 0)
         delta = retries - seen if retries >= seen else retries
-        self._retries_seen[key] = retries
+        self._retries_seen[runner] = retries
         if delta:
             self.upstream_retries.labels(deployment).inc(delta)
 
