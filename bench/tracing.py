@@ -8,7 +8,9 @@ the same interpreter, to show what "off" costs against code without tracing at a
     .venv/bin/python bench/tracing.py [--duration 5] [--baseline /tmp/base]
 
 Runs are interleaved (off, on, off, on, …) so a noisy neighbour hurts each alike; the
-table shows the median of ``--rounds``.
+table shows the median of ``--rounds``. "CPU ms/req" is the gateway process's own CPU
+time (user + system, from /proc) over the measured run divided by the requests served: on
+a shared machine it moves far less with the neighbours' load than req/s does.
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ def _start_gateway(tree: Path, telemetry: str | None) -> tuple[subprocess.Popen[
     return proc, url
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5)
@@ -102,9 +110,12 @@ def main() -> int:
                     for stream in (False, True):
                         body = {**CHAT, "stream": stream}
                         _wrk(url + "/v1/chat/completions", body, args.connections, 1)
+                        cpu = _cpu_seconds(proc.pid)
                         run = _wrk(
                             url + "/v1/chat/completions", body, args.connections, args.duration
                         )
+                        cpu = _cpu_seconds(proc.pid) - cpu
+                        run["cpu_ms"] = cpu * 1000 / max(1.0, run["rps"] * args.duration)
                         results.setdefault((name, stream), []).append(run)
                 finally:
                     proc.terminate()
@@ -119,17 +130,20 @@ def main() -> int:
         f"wrk -t1 -c{args.connections} {args.duration}s, median of {args.rounds}"
     )
     print()
-    print("| tracing | mode | req/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|")
+    print("| tracing | mode | req/s | p50 ms | p99 ms | CPU ms/req | errors |")
+    print("|---|---|---|---|---|---|---|")
     for name, _, _ in setups:
         for stream in (False, True):
             runs = results[(name, stream)]
             rps = statistics.median(r["rps"] for r in runs)
             p50 = statistics.median(r["p50"] for r in runs)
             p99 = statistics.median(r["p99"] for r in runs)
+            cpu = statistics.median(r["cpu_ms"] for r in runs)
             errors = sum(r["errors"] for r in runs)
             mode = "stream" if stream else "json"
-            print(f"| {name} | {mode} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors:.0f} |")
+            print(
+                f"| {name} | {mode} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {cpu:.2f} | {errors:.0f} |"
+            )
     return 0
 
 
