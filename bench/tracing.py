@@ -103,8 +103,10 @@ def main() -> int:
         setups.insert(0, (f"baseline ({args.baseline.name})", args.baseline.resolve(), None))
     results: dict[tuple[str, bool], list[dict[str, float]]] = {}
     try:
-        for _ in range(args.rounds):
-            for name, tree, telemetry in setups:
+        for round_no in range(args.rounds):
+            # each round starts with the next setup: no setup always runs first
+            shift = round_no % len(setups)
+            for name, tree, telemetry in setups[shift:] + setups[:shift]:
                 proc, url = _start_gateway(tree, telemetry)
                 try:
                     for stream in (False, True):

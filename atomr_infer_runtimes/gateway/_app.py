@@ -226,6 +226,8 @@ class _Gateway:
     def _log_access(
         self, scope: Scope, status: int, request_id: str, started: float, served: _Served
     ) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
         usage = served.usage
         fields = {

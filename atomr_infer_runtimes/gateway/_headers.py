@@ -57,11 +57,11 @@ def deployment_headers(cluster: Any, deployment: str | None) -> Headers:
         return []
     headers: Headers = [(b"x-atomr-deployment", deployment.encode("utf-8", "replace"))]
     limiter = _limiter_of(cluster, deployment)
-    stats = getattr(limiter, "statistics", None)
-    if not callable(stats):
-        return headers
     limits = getattr(limiter, "limits", None)
-    if limits is None:
+    stats = getattr(limiter, "statistics", None)
+    if limits is None or not callable(stats):
+        return headers
+    if limits.requests_per_minute is None and limits.tokens_per_minute is None:
         return headers
     now = stats()
     # a backend whose statistics lack a field simply sends fewer headers
