@@ -5,7 +5,10 @@ another process (the testkit's mock collector: real HTTP, answers 200). ``--base
 adds a run of another checkout's gateway (e.g. ``git worktree add /tmp/base main``) with
 the same interpreter, to show what "off" costs against code without tracing at all.
 
-    .venv/bin/python bench/tracing.py [--duration 5] [--baseline /tmp/base]
+    .venv/bin/python bench/tracing.py [--duration 5] [--baseline /tmp/base] [--calls 200]
+
+``--calls N`` also counts the Python function calls per request of N requests through an
+in-process gateway (bench/_calls.py): a figure that does not move with the load.
 
 Runs are interleaved (off, on, off, on, …) so a noisy neighbour hurts each alike; the
 table shows the median of ``--rounds``. "CPU ms/req" is the gateway process's own CPU
@@ -96,9 +99,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--baseline", type=Path, help="a checkout without tracing, for comparison")
+    parser.add_argument("--calls", type=int, default=0, help="count calls over this many requests")
     args = parser.parse_args()
     collector_proc, collector = _start_collector()
-    setups = [("off", ROOT, None), ("on (OTLP to a local collector)", ROOT, collector)]
+    setups: list[tuple[str, Path, str | None]] = [
+        ("off", ROOT, None),
+        ("on (OTLP to a local collector)", ROOT, collector),
+    ]
     if args.baseline:
         setups.insert(0, (f"baseline ({args.baseline.name})", args.baseline.resolve(), None))
     results: dict[tuple[str, bool], list[dict[str, float]]] = {}
@@ -134,7 +141,7 @@ def main() -> int:
     print()
     print("| tracing | mode | req/s | p50 ms | p99 ms | CPU ms/req | errors |")
     print("|---|---|---|---|---|---|---|")
-    for name, _, _ in setups:
+    for name, _, _ in setups if args.rounds else ():
         for stream in (False, True):
             runs = results[(name, stream)]
             rps = statistics.median(r["rps"] for r in runs)
@@ -146,7 +153,35 @@ def main() -> int:
             print(
                 f"| {name} | {mode} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {cpu:.2f} | {errors:.0f} |"
             )
+    if args.calls:
+        _print_calls(setups, args.calls)
     return 0
+
+
+def _print_calls(setups: list[tuple[str, Path, str | None]], requests: int) -> None:
+    collector_proc, collector = _start_collector()
+    try:
+        print()
+        print(f"Python calls per request (main thread, {requests} requests, gateway + client):")
+        print()
+        print("| tracing | json | stream |")
+        print("|---|---|---|")
+        for name, tree, telemetry in setups:
+            counts = []
+            for mode in ("json", "stream"):
+                command = [sys.executable, str(ROOT / "bench" / "_calls.py"), str(requests), mode]
+                if telemetry:
+                    command.append(collector)
+                env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+                env["PYTHONPATH"] = str(tree)
+                out = subprocess.run(
+                    command, cwd=tree, env=env, capture_output=True, text=True, check=True
+                )
+                counts.append(out.stdout.strip())
+            print(f"| {name} | {counts[0]} | {counts[1]} |")
+    finally:
+        collector_proc.terminate()
+        collector_proc.wait(timeout=10)
 
 
 if __name__ == "__main__":
