@@ -1,4 +1,5 @@
-"""``python -m atomr_infer``: serve, plugins, check, status, demo, mock, export-onnx.
+"""``python -m atomr_infer``: serve, plugins, check, status, rotate-credentials, schema, demo,
+mock, export-onnx.
 
 Heavy imports (trio, the gateway, httpx, runtime plugins) happen inside the commands,
 so ``--help`` is instant and a remote-only ``serve`` never imports torch or onnxruntime.
@@ -97,6 +98,11 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity on stderr (default: info; one line per request)",
     )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or one JSON object per line (default: [cluster] log_format)",
+    )
     _command(
         sub,
         "plugins",
@@ -129,6 +135,32 @@ def _build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("ATOMR_API_KEY"),
         help="one of the gateway's [cluster].api_keys (default: $ATOMR_API_KEY)",
     )
+    rotate = _command(
+        sub,
+        "rotate-credentials",
+        "make a running gateway fetch its deployments' credentials again (no restart)",
+        "POST /admin/rotate-credentials: each deployment's sessions are rebuilt; in-flight\n"
+        "requests keep the session they started on. A failed rotation keeps the old one.",
+    )
+    rotate.add_argument(
+        "--url",
+        default="http://127.0.0.1:8080",
+        help="the gateway, with or without the SDK's /v1 (default: http://127.0.0.1:8080)",
+    )
+    rotate.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("ATOMR_API_KEY"),
+        help="one of the gateway's [cluster].api_keys (default: $ATOMR_API_KEY)",
+    )
+    rotate.add_argument("--deployment", metavar="NAME", help="only this deployment (default: all)")
+    schema = _command(
+        sub,
+        "schema",
+        "print the JSON Schema of the config file (for editors and CI checks)",
+        "Generated from the configuration classes; docs/atomr.schema.json is this output.",
+    )
+    schema.add_argument("--out", metavar="PATH", help="write it to this file instead of stdout")
     _command(
         sub,
         "demo",
@@ -343,10 +375,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from atomr_infer_core import ConfigError
     from atomr_infer_core.config import load_config
+    from atomr_infer_runtimes._logging import configure_logging
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         config = load_config(args.config) if args.config else _default_config()
     except ConfigError as exc:
@@ -355,6 +385,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config is None:
         print(NO_LOCAL_RUNTIME, file=sys.stderr)
         return 1
+    configure_logging(args.log_level, args.log_format or config.cluster.log_format.value)
     from atomr_infer_runtimes.gateway import check_bind_allowed
 
     settings = config.cluster
@@ -463,6 +494,63 @@ def _mock(args: argparse.Namespace) -> int:
     return run_mock(args.provider, host=args.host, port=args.port, api_key=args.api_key)
 
 
+# ---------------------------------------------------------------- rotate-credentials
+
+
+def _rotate_credentials(url: str, api_key: str | None, deployment: str | None) -> int:
+    import httpx
+
+    base = url.rstrip("/")
+    base = base.removesuffix("/v1")  # the SDK's base URL works too
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {"deployment": deployment} if deployment else {}
+    try:
+        response = httpx.post(
+            base + "/admin/rotate-credentials", json=body, headers=headers, timeout=60.0
+        )
+    except httpx.HTTPError as exc:
+        print(f"cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {}
+    for result in payload.get("deployments", []):
+        line = f"{result.get('deployment')}: {result.get('rebuilt', 0)} session(s) rebuilt"
+        if result.get("failed"):
+            line += f", {result['failed']} failed: {result.get('error')}"
+        print(line)
+    if response.status_code != 200:
+        error = payload.get("error", {}).get("message") if payload else response.text
+        print(f"rotate-credentials: {response.status_code}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- schema
+
+
+def schema_text() -> str:
+    """The config file's JSON Schema as ``schema`` prints it (and docs/ commits it)."""
+    import json
+
+    from atomr_infer_core.config import config_schema
+
+    return json.dumps(config_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def _schema(out: str | None) -> int:
+    text = schema_text()
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    from pathlib import Path
+
+    Path(out).write_text(text, encoding="utf-8")
+    print(f"wrote the config schema to {out}")
+    return 0
+
+
 # ---------------------------------------------------------------- export-onnx
 
 
@@ -500,6 +588,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "status":
         return _status(args.url, args.api_key)
+    if args.command == "rotate-credentials":
+        return _rotate_credentials(args.url, args.api_key, args.deployment)
+    if args.command == "schema":
+        return _schema(args.out)
     if args.command == "demo":
         from atomr_infer._demo import run_demo
 

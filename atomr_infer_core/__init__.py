@@ -15,6 +15,7 @@ from ._deployment import (
     Config as Config,
     Deployment as Deployment,
     JitterKind as JitterKind,
+    LogFormat as LogFormat,
     RateLimits as RateLimits,
     Replica as Replica,
     RetryPolicy as RetryPolicy,
@@ -22,6 +23,7 @@ from ._deployment import (
     Serving as Serving,
     StateBackendKind as StateBackendKind,
     StateConfig as StateConfig,
+    TelemetryConfig as TelemetryConfig,
     Timeouts as Timeouts,
 )
 from ._kinds import (
@@ -96,6 +98,7 @@ __all__ = [
     "ImageUrlPart",
     "InferenceError",
     "JitterKind",
+    "LogFormat",
     "Message",
     "ModelPrice",
     "ModelRunner",
@@ -121,6 +124,7 @@ __all__ = [
     "StateConfig",
     "StepModel",
     "StopScanner",
+    "TelemetryConfig",
     "TextPart",
     "Timeouts",
     "TokenChunk",

@@ -36,12 +36,14 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from ._deployment import Config, Deployment, Seconds
 from ._kinds import RuntimeKind
+from ._schema import config_schema
 from ._secret import Secret
 from ._validators import FieldValueError
 from .errors import ConfigError
 
 __all__ = [
     "ConfigError",
+    "config_schema",
     "converter",
     "load_config",
     "parse_duration",

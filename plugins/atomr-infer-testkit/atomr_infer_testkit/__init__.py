@@ -8,6 +8,10 @@ from ._mock_anthropic import (
 )
 from ._mock_gemini import MockGeminiServer as MockGeminiServer, mock_gemini as mock_gemini
 from ._mock_openai import MockOpenAIServer as MockOpenAIServer, mock_openai as mock_openai
+from ._mock_otlp import (
+    MockOTLPCollector as MockOTLPCollector,
+    mock_otlp_collector as mock_otlp_collector,
+)
 from ._mock_runner import (
     MOCK_PRICES as MOCK_PRICES,
     MockConfig as MockConfig,
@@ -41,6 +45,7 @@ __all__: list[str] = [
     "MockConfig",
     "MockCounters",
     "MockGeminiServer",
+    "MockOTLPCollector",
     "MockOpenAIServer",
     "MockProviderServer",
     "MockReplicaCrash",
@@ -51,6 +56,7 @@ __all__: list[str] = [
     "mock_banner",
     "mock_gemini",
     "mock_openai",
+    "mock_otlp_collector",
     "mock_runtime_plugin",
     "open_mock_server",
     "run_mock",
