@@ -29,7 +29,9 @@ from atomr_infer_core.errors import InferenceError, InternalError, NotFoundError
 
 from ._auth import KeyChecker
 from ._disconnect import ClientDisconnected, ResponseState, cancel_on_disconnect, read_body
+from ._doors import Door
 from ._errors import error_body, error_headers, error_response, error_sse_event
+from ._messages import CountTokensDoor, MessagesDoor
 from ._openai import (
     ChatStreamEncoder,
     CompletionStreamEncoder,
@@ -42,6 +44,7 @@ from ._openai import (
     render_completion,
     render_embeddings,
 )
+from ._responses import ResponsesDoor
 
 __all__ = ["create_app", "to_plain"]
 
@@ -105,6 +108,12 @@ class _Gateway:
         settings = cluster.config.cluster
         self.keys = KeyChecker(settings.api_keys)
         self.max_body = settings.max_request_bytes
+        #: the dialects beside Chat Completions (DESIGN.md "Front doors")
+        self.doors: dict[str, Door] = {
+            "/v1/messages": MessagesDoor(cluster),
+            "/v1/messages/count_tokens": CountTokensDoor(cluster),
+            "/v1/responses": ResponsesDoor(cluster),
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -112,11 +121,17 @@ class _Gateway:
             if parser is not None:
                 await self._post(scope, receive, send, parser)
                 return
+            door = self.doors.get(scope["path"])
+            if door is not None:
+                await self._post(scope, receive, send, door.parse, door)
+                return
         await self.quart(scope, receive, send)
 
     # ------------------------------------------------------------ POST fast path
 
-    async def _post(self, scope: Scope, receive: Receive, send: Send, parser: Any) -> None:
+    async def _post(
+        self, scope: Scope, receive: Receive, send: Send, parser: Any, door: Door | None = None
+    ) -> None:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         request_id = _request_id(headers.get(b"x-request-id"))
@@ -132,7 +147,7 @@ class _Gateway:
             await send(message)
 
         try:
-            self.keys.check(headers.get(b"authorization"))
+            self.keys.check(door.authorization(headers) if door else headers.get(b"authorization"))
             length = headers.get(b"content-length")
             body = await read_body(
                 receive,
@@ -142,11 +157,10 @@ class _Gateway:
             parsed: ParsedRequest = parser(parse_json_body(body), request_id)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, state)
-                status = await self._dispatch(parsed, tracked_send, extra, state)
+                status = await self._dispatch(parsed, tracked_send, extra, state, door)
                 nursery.cancel_scope.cancel()
         except InferenceError as exc:
-            status = exc.http_status
-            await _send_error(send, exc, extra)
+            status = await _send_error(send, exc, extra, door)
         except ClientDisconnected:
             state.gone = True
         finally:
@@ -167,12 +181,16 @@ class _Gateway:
         send: Send,
         extra: list[tuple[bytes, bytes]],
         state: ResponseState,
+        door: Door | None = None,
     ) -> int:
         batch = parsed.batch
         try:
+            if door is not None and (answer := door.local_answer(parsed)) is not None:
+                await _send_full(send, 200, [_JSON, *extra], answer)
+                return 200
             if batch.stream and batch.kind is not RequestKind.EMBEDDING:
-                return await self._stream(parsed, send, extra)
-            return await self._unary(parsed, send, extra)
+                return await self._stream(parsed, send, extra, door)
+            return await self._unary(parsed, send, extra, door)
         except Exception as exc:
             # a bug below us: answer 500 (or end the stream) and log the traceback
             if isinstance(exc, InferenceError):
@@ -187,16 +205,19 @@ class _Gateway:
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": error_sse_event(error),
+                        "body": door.error_event(error) if door else error_sse_event(error),
                         "more_body": False,
                     }
                 )
                 return 200
-            await _send_error(send, error, extra)
-            return 500
+            return await _send_error(send, error, extra, door)
 
     async def _unary(
-        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]]
+        self,
+        parsed: ParsedRequest,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+        door: Door | None = None,
     ) -> int:
         batch = parsed.batch
         builder = TokensBuilder(request_id=batch.request_id)
@@ -206,11 +227,12 @@ class _Gateway:
                     builder.add(chunk)
                 deployment = getattr(chunks, "deployment", None)
         except InferenceError as exc:
-            await _send_error(send, exc, extra)
-            return exc.http_status
+            return await _send_error(send, exc, extra, door)
         tokens = builder.build(deployment=deployment)
         created = int(time.time())
-        if batch.kind is RequestKind.CHAT:
+        if door is not None:
+            body = door.render(parsed, tokens)
+        elif batch.kind is RequestKind.CHAT:
             body = render_chat(
                 tokens,
                 response_id=f"chatcmpl-{batch.request_id}",
@@ -237,17 +259,25 @@ class _Gateway:
         return 200
 
     async def _stream(
-        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]]
+        self,
+        parsed: ParsedRequest,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+        door: Door | None = None,
     ) -> int:
         batch = parsed.batch
         chat = batch.kind is RequestKind.CHAT
-        encoder_class = ChatStreamEncoder if chat else CompletionStreamEncoder
-        encoder = encoder_class(
-            response_id=f"{'chatcmpl' if chat else 'cmpl'}-{batch.request_id}",
-            created=int(time.time()),
-            model=parsed.model,
-            include_usage=parsed.include_usage,
-        )
+        encoder: Any
+        if door is not None:
+            encoder = door.stream_encoder(parsed)
+        else:
+            encoder_class = ChatStreamEncoder if chat else CompletionStreamEncoder
+            encoder = encoder_class(
+                response_id=f"{'chatcmpl' if chat else 'cmpl'}-{batch.request_id}",
+                created=int(time.time()),
+                model=parsed.model,
+                include_usage=parsed.include_usage,
+            )
         started = False
         try:
             async with self.cluster.execute(batch) as chunks:
@@ -271,14 +301,12 @@ class _Gateway:
                         await send({"type": "http.response.body", "body": data, "more_body": True})
         except InferenceError as exc:
             if not started:
-                await _send_error(send, exc, extra)
-                return exc.http_status
+                return await _send_error(send, exc, extra, door)
             logger.warning(
                 "request %s failed after streaming began: %s", batch.request_id, exc.message
             )
-            await send(
-                {"type": "http.response.body", "body": error_sse_event(exc), "more_body": False}
-            )
+            event = door.error_event(exc) if door else error_sse_event(exc)
+            await send({"type": "http.response.body", "body": event, "more_body": False})
             return 200
         if not started:
             await send(
@@ -296,9 +324,13 @@ async def _send_full(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _send_error(send: Send, exc: InferenceError, extra: list[tuple[bytes, bytes]]) -> None:
-    status, headers, body = error_response(exc)
+async def _send_error(
+    send: Send, exc: InferenceError, extra: list[tuple[bytes, bytes]], door: Door | None = None
+) -> int:
+    """Send ``exc`` in the door's dialect (OpenAI's without one); return the status."""
+    status, headers, body = door.error_response(exc) if door else error_response(exc)
     await _send_full(send, status, [_JSON, *headers, *extra], body)
+    return status
 
 
 # ---------------------------------------------------------------- Quart: GET endpoints

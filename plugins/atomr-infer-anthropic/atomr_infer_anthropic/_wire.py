@@ -124,8 +124,31 @@ def build_request_body(
             body["tool_choice"] = choice
     if batch.user:
         body["metadata"] = {"user_id": batch.user}
+    output_format = _output_format(batch.response_format)
+    if output_format is not None:
+        body["output_config"] = {"format": output_format}
     body.update(batch.extra)
     return body
+
+
+def _output_format(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` as Anthropic's structured-output ``format``.
+
+    ``json_schema`` carries its schema; ``json_object`` asks for any JSON object. Raises
+    BadRequestError for a json_schema without a schema object (nothing to constrain to).
+    """
+    kind = (response_format or {}).get("type")
+    if kind == "json_object":
+        return {"type": "json_schema", "schema": {"type": "object"}}
+    if kind != "json_schema":
+        return None
+    schema = ((response_format or {}).get("json_schema") or {}).get("schema")
+    if not isinstance(schema, Mapping):
+        raise BadRequestError(
+            "response_format.json_schema.schema must be a JSON Schema object",
+            param="response_format.json_schema.schema",
+        )
+    return {"type": "json_schema", "schema": dict(schema)}
 
 
 def _translate_messages(
