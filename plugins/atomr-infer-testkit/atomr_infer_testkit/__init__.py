@@ -25,6 +25,7 @@ from ._mock_server import (
     open_mock_server as open_mock_server,
     sse_frame as sse_frame,
 )
+from ._schema import schema_answer as schema_answer, schema_instance as schema_instance
 
 __all__: list[str] = [
     "MOCK_PRICES",
@@ -45,5 +46,7 @@ __all__: list[str] = [
     "mock_openai",
     "mock_runtime_plugin",
     "open_mock_server",
+    "schema_answer",
+    "schema_instance",
     "sse_frame",
 ]

@@ -4,7 +4,9 @@ Content is derived from the request so tests can assert exact text:
 
 - chat: choice ``i`` answers ``"Echo: <text of the last user message>"`` (``"Echo #i: …"``
   for ``i > 0``), streamed one word per chunk (``"Echo:"``, ``" hello"``, …);
-  ``max_tokens`` cuts it to that many words with ``finish_reason="length"``. With tools
+  ``max_tokens`` cuts it to that many words with ``finish_reason="length"``. A
+  ``response_format`` json_schema is honoured: the answer is JSON built from the schema
+  (``schema_answer``; ``json_object`` gives ``{"echo": <text>}``). With tools
   (and ``tool_choice`` not ``"none"``) the model calls the first (or the named) tool with
   arguments ``{"input": <last user text>}``.
 - completions: ``"Echo: <prompt>"``, the same way.
@@ -37,6 +39,7 @@ from ._mock_server import (
     open_mock_server,
     sse_frame,
 )
+from ._schema import schema_answer
 
 __all__ = ["MockOpenAIServer", "mock_openai"]
 
@@ -213,6 +216,11 @@ class MockOpenAIServer(MockProviderServer):
             return [], "tool_calls"
         prefix = "Echo:" if index == 0 else f"Echo #{index}:"
         words = _words(f"{prefix} {last_user}".rstrip())
+        fmt = body.get("response_format") or {}
+        if fmt.get("type") == "json_schema":
+            words = _words(schema_answer((fmt.get("json_schema") or {}).get("schema"), last_user))
+        elif fmt.get("type") == "json_object":
+            words = _words(schema_answer({"properties": {"echo": {}}}, last_user))
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         if limit is not None and len(words) > int(limit):
             return words[: int(limit)], "length"
