@@ -29,7 +29,8 @@ from atomr_infer_core.errors import InferenceError, InternalError, NotFoundError
 
 from ._auth import KeyChecker
 from ._disconnect import ClientDisconnected, ResponseState, cancel_on_disconnect, read_body
-from ._doors import Door
+from ._doors import Door, target_runtime
+from ._features import check_features
 from ._errors import error_body, error_headers, error_response, error_sse_event
 from ._messages import CountTokensDoor, MessagesDoor
 from ._openai import (
@@ -155,6 +156,8 @@ class _Gateway:
                 content_length=int(length) if length and length.isdigit() else None,
             )
             parsed: ParsedRequest = parser(parse_json_body(body), request_id)
+            if door is None:
+                check_features(parsed.batch, target_runtime(self.cluster, parsed.model))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, state)
                 status = await self._dispatch(parsed, tracked_send, extra, state, door)
