@@ -30,8 +30,8 @@ from atomr_infer_core.errors import InferenceError, InternalError, NotFoundError
 from ._auth import KeyChecker
 from ._disconnect import ClientDisconnected, ResponseState, cancel_on_disconnect, read_body
 from ._doors import Door, target_runtime
-from ._features import check_features
 from ._errors import error_body, error_headers, error_response, error_sse_event
+from ._features import check_features
 from ._messages import CountTokensDoor, MessagesDoor
 from ._openai import (
     ChatStreamEncoder,
