@@ -1,4 +1,4 @@
-"""The front-door conformance matrix: ingress dialect × target runtime × case.
+"""The front-door conformance matrix: ingress dialect x target runtime x case.
 
 Ingress: Chat Completions and Responses (the official ``openai`` client) and Messages (the
 official ``anthropic`` client). Targets: openai, anthropic, gemini and litellm
@@ -330,4 +330,4 @@ async def test_front_door_matrix(ingress: str, target: str) -> None:
             try:
                 await _cell(env, ingress, target, case)
             except AssertionError as exc:
-                raise AssertionError(f"cell {ingress} × {target} × {case}: {exc}") from exc
+                raise AssertionError(f"cell {ingress} x {target} x {case}: {exc}") from exc
