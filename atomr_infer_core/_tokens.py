@@ -65,6 +65,9 @@ class TokenChunk:
     finish_reason: FinishReason | None = None
     embeddings: tuple[tuple[float, ...], ...] | None = None
     logprobs: Any = None
+    #: the upstream's own bytes for this step (an SSE event, or the whole JSON body),
+    #: when the runner served a ``Passthrough``: sent to the client as they are
+    raw: bytes | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen(kw_only=True)

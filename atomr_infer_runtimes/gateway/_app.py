@@ -124,7 +124,7 @@ class _Gateway:
                 return
             door = self.doors.get(scope["path"])
             if door is not None:
-                await self._post(scope, receive, send, door.parse, door)
+                await self._post(scope, receive, send, None, door)
                 return
         await self.quart(scope, receive, send)
 
@@ -155,8 +155,11 @@ class _Gateway:
                 limit=self.max_body,
                 content_length=int(length) if length and length.isdigit() else None,
             )
-            parsed: ParsedRequest = parser(parse_json_body(body), request_id)
-            if door is None:
+            parsed: ParsedRequest
+            if door is not None:
+                parsed = door.parse(parse_json_body(body), request_id, headers)
+            else:
+                parsed = parser(parse_json_body(body), request_id)
                 check_features(parsed.batch, target_runtime(self.cluster, parsed.model))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, state)
@@ -224,17 +227,20 @@ class _Gateway:
     ) -> int:
         batch = parsed.batch
         builder = TokensBuilder(request_id=batch.request_id)
+        raw: list[bytes] = []
         try:
             async with self.cluster.execute(batch) as chunks:
                 async for chunk in chunks:
                     builder.add(chunk)
+                    if chunk.raw is not None:
+                        raw.append(chunk.raw)
                 deployment = getattr(chunks, "deployment", None)
         except InferenceError as exc:
             return await _send_error(send, exc, extra, door)
         tokens = builder.build(deployment=deployment)
         created = int(time.time())
         if door is not None:
-            body = door.render(parsed, tokens)
+            body = door.render(parsed, tokens, b"".join(raw) if raw else None)
         elif batch.kind is RequestKind.CHAT:
             body = render_chat(
                 tokens,

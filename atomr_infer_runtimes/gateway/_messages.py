@@ -25,6 +25,7 @@ from atomr_infer_core import (
     ImageBase64Part,
     ImageUrlPart,
     Message,
+    Passthrough,
     RequestKind,
     Role,
     SamplingParams,
@@ -41,6 +42,11 @@ from ._features import check_features
 from ._openai import ParsedRequest, _bad, _type_name
 
 __all__ = ["CountTokensDoor", "MessagesDoor", "MessagesRequest"]
+
+#: the runtime that speaks Messages: its deployments get the client's body as sent
+_PASSTHROUGH_TARGET = "anthropic"
+#: client headers forwarded with a passthrough body
+_FORWARDED_HEADERS = (b"anthropic-beta",)
 
 _STOP_REASONS = {
     FinishReason.STOP: "end_turn",
@@ -147,7 +153,7 @@ def _image(block: Mapping[str, Any], path: str) -> ContentPart:
     raise _bad(f"{path}.source.type", f"'{path}.source.type' must be 'base64' or 'url'")
 
 
-def _document(block: Mapping[str, Any], path: str, target: str | None) -> ContentPart:
+def _document(block: Mapping[str, Any], path: str, target: str | None) -> ContentPart | None:
     source = block.get("source")
     if isinstance(source, dict) and source.get("type") == "text":
         data = source.get("data")
@@ -155,6 +161,8 @@ def _document(block: Mapping[str, Any], path: str, target: str | None) -> Conten
             raise _bad(f"{path}.source.data", f"'{path}.source.data' must be a string")
         title = block.get("title")
         return TextPart(text=f"{title}\n\n{data}" if isinstance(title, str) and title else data)
+    if target == _PASSTHROUGH_TARGET:
+        return None  # the body goes upstream as sent; the batch only feeds estimates
     raise unsupported(path, "a document block that is not plain text (PDF, file)", target)
 
 
@@ -182,7 +190,9 @@ def _tool_result(block: Mapping[str, Any], path: str, target: str | None) -> Mes
         parts = content
     elif isinstance(content, list):
         parts = tuple(
-            _content_part(b, f"{path}.content[{j}]", target) for j, b in enumerate(content)
+            p
+            for j, b in enumerate(content)
+            if (p := _content_part(b, f"{path}.content[{j}]", target)) is not None
         )
     else:
         raise _bad(f"{path}.content", f"'{path}.content' must be a string or an array of blocks")
@@ -196,7 +206,7 @@ def _tool_result(block: Mapping[str, Any], path: str, target: str | None) -> Mes
     return Message(role=Role.TOOL, content=parts, tool_call_id=call_id)
 
 
-def _content_part(block: Any, path: str, target: str | None) -> ContentPart:
+def _content_part(block: Any, path: str, target: str | None) -> ContentPart | None:
     if not isinstance(block, dict):
         raise _bad(path, f"'{path}' must be an object, got {_type_name(block)}")
     kind = block.get("type")
@@ -208,6 +218,8 @@ def _content_part(block: Any, path: str, target: str | None) -> ContentPart:
         return _image(block, path)
     if kind == "document":
         return _document(block, path, target)
+    if target == _PASSTHROUGH_TARGET:
+        return None  # a block type newer than this gateway: kept in the body sent upstream
     raise unsupported(f"{path}.type", f"content blocks of type {kind!r}", target)
 
 
@@ -236,8 +248,8 @@ def _turn(raw: Any, i: int, target: str | None) -> list[Message]:
             calls.append(_tool_call(block, where))
         elif kind in ("thinking", "redacted_thinking") and role == "assistant":
             continue  # the model's own earlier reasoning: only Anthropic models can read it
-        else:
-            parts.append(_content_part(block, where, target))
+        elif (part := _content_part(block, where, target)) is not None:
+            parts.append(part)
     out = list(results)
     if parts or calls or not results:
         text_only = all(isinstance(p, TextPart) for p in parts)
@@ -322,6 +334,15 @@ def _thinking(body: Mapping[str, Any], target: str | None) -> dict[str, Any]:
     raise unsupported("thinking", "extended thinking", target)
 
 
+def _passthrough(body: Mapping[str, Any], headers: Mapping[bytes, bytes]) -> Passthrough:
+    forwarded = {
+        name.decode(): value.decode("latin1")
+        for name in _FORWARDED_HEADERS
+        if (value := headers.get(name)) is not None
+    }
+    return Passthrough(dialect="anthropic.messages", body=body, headers=forwarded)
+
+
 def _system(body: Mapping[str, Any]) -> list[Message]:
     system = body.get("system")
     if system is None:
@@ -360,9 +381,19 @@ def _extra(body: Mapping[str, Any], target: str | None) -> dict[str, Any]:
 
 
 def parse_messages(
-    body: Mapping[str, Any], request_id: str, *, target: str | None, count_only: bool = False
+    body: Mapping[str, Any],
+    request_id: str,
+    *,
+    target: str | None,
+    count_only: bool = False,
+    headers: Mapping[bytes, bytes] | None = None,
 ) -> MessagesRequest:
-    """A Messages body → :class:`MessagesRequest` for a deployment of runtime ``target``."""
+    """A Messages body → :class:`MessagesRequest` for a deployment of runtime ``target``.
+
+    For an ``anthropic`` target the batch also carries the body itself (a Passthrough):
+    the runtime sends it with only ``model`` rewritten, and the translated batch only
+    feeds estimates, limits and fallbacks.
+    """
     from ._openai import _bool, _str
 
     model = _str(body, "model", required=True) or ""
@@ -394,6 +425,7 @@ def parse_messages(
         response_format=_structured_output(body),
         user=user if isinstance(user, str) else None,
         extra=extra,
+        passthrough=_passthrough(body, headers or {}) if target == _PASSTHROUGH_TARGET else None,
     )
     if not count_only:
         check_features(batch, target, names=_FEATURE_FIELDS)
@@ -479,6 +511,7 @@ class MessagesStreamEncoder:
         self._tools: dict[int, int] = {}
         self._usage: TokenUsage | None = None
         self._reason: FinishReason | None = None
+        self._passed = False
 
     def _start(self) -> bytes:
         if self._started:
@@ -535,6 +568,10 @@ class MessagesStreamEncoder:
         return out
 
     def encode(self, chunk: TokenChunk) -> bytes:
+        if chunk.raw is not None:
+            # the upstream spoke Messages itself: its events go out as they came
+            self._passed = True
+            return chunk.raw
         if chunk.index != 0:
             return b""  # Messages has one answer per request (n > 1 is refused up front)
         out = self._start()
@@ -549,6 +586,8 @@ class MessagesStreamEncoder:
         return out
 
     def finish(self) -> bytes:
+        if self._passed:
+            return b""
         usage = self._usage or TokenUsage(input_tokens=self._parsed.estimate)
         delta = {
             "delta": {
@@ -593,16 +632,18 @@ class MessagesDoor:
             return b"Bearer " + key.strip()
         return headers.get(b"authorization")
 
-    def parse(self, body: Mapping[str, Any], request_id: str) -> ParsedRequest:
+    def parse(
+        self, body: Mapping[str, Any], request_id: str, headers: Mapping[bytes, bytes]
+    ) -> ParsedRequest:
         model = body.get("model")
         target = target_runtime(self.cluster, model) if isinstance(model, str) else None
-        return parse_messages(body, request_id, target=target)
+        return parse_messages(body, request_id, target=target, headers=headers)
 
     def local_answer(self, parsed: ParsedRequest) -> bytes | None:
         return None
 
-    def render(self, parsed: ParsedRequest, tokens: Tokens) -> bytes:
-        return render_message(parsed, tokens)
+    def render(self, parsed: ParsedRequest, tokens: Tokens, raw: bytes | None) -> bytes:
+        return raw if raw is not None else render_message(parsed, tokens)
 
     def stream_encoder(self, parsed: ParsedRequest) -> MessagesStreamEncoder:
         assert isinstance(parsed, MessagesRequest)
@@ -624,7 +665,9 @@ class CountTokensDoor(MessagesDoor):
     the system prompt, the messages and the tool definitions).
     """
 
-    def parse(self, body: Mapping[str, Any], request_id: str) -> ParsedRequest:
+    def parse(
+        self, body: Mapping[str, Any], request_id: str, headers: Mapping[bytes, bytes]
+    ) -> ParsedRequest:
         model = body.get("model")
         target = target_runtime(self.cluster, model) if isinstance(model, str) else None
         parsed = parse_messages(body, request_id, target=target, count_only=True)

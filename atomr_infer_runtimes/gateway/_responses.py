@@ -634,7 +634,9 @@ class ResponsesDoor:
     def authorization(self, headers: Mapping[bytes, bytes]) -> bytes | None:
         return headers.get(b"authorization")
 
-    def parse(self, body: Mapping[str, Any], request_id: str) -> ParsedRequest:
+    def parse(
+        self, body: Mapping[str, Any], request_id: str, headers: Mapping[bytes, bytes]
+    ) -> ParsedRequest:
         model = body.get("model")
         target = target_runtime(self.cluster, model) if isinstance(model, str) else None
         return parse_responses(body, request_id, target=target, store=self.store)
@@ -642,7 +644,7 @@ class ResponsesDoor:
     def local_answer(self, parsed: ParsedRequest) -> bytes | None:
         return None
 
-    def render(self, parsed: ParsedRequest, tokens: Tokens) -> bytes:
+    def render(self, parsed: ParsedRequest, tokens: Tokens, raw: bytes | None) -> bytes:
         assert isinstance(parsed, ResponsesRequest)
         return render_response(parsed, tokens, self.store)
 
