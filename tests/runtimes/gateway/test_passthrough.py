@@ -14,8 +14,7 @@ from typing import Any
 
 import httpx
 import trio
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from atomr_infer_anthropic import PLUGIN as ANTHROPIC
 from atomr_infer_core import Deployment, RetryPolicy
