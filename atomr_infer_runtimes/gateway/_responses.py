@@ -72,7 +72,7 @@ _CONSUMED = frozenset(
 )
 #: hints with no effect on the answer's content, accepted for every target
 _HINTS = frozenset(
-    {"include", "truncation", "service_tier", "prompt_cache_key", "safety_identifier", "background"}
+    {"include", "truncation", "service_tier", "prompt_cache_key", "safety_identifier"}
 )
 _FEATURE_FIELDS = {
     "json_schema": "text.format",

@@ -81,6 +81,7 @@ class Refusal:
     message: str
     param: str | None
     retry_after: str | None = None
+    kind: str | None = None
 
 
 # ---------------------------------------------------------------- the environment
@@ -230,13 +231,18 @@ async def _refusal(ingress: str, url: str, model: str, case: str) -> Refusal:
             assert body["type"] == "error"
             error = body["error"]
             return Refusal(
-                exc.status_code, error["message"], None, exc.response.headers.get("retry-after")
+                exc.status_code,
+                error["message"],
+                None,
+                exc.response.headers.get("retry-after"),
+                error["type"],
             )
         return Refusal(
             exc.status_code,
             body["message"],
             body.get("param"),
             exc.response.headers.get("retry-after"),
+            body.get("code"),
         )
     raise AssertionError(f"{ingress} → {model} ({case}) answered instead of refusing")
 
@@ -293,8 +299,10 @@ async def _cell(env: Env, ingress: str, target: str, case: str) -> None:
         assert refusal.status == 400
         assert f"'{field}'" in refusal.message
         assert f"the {target} runtime" in refusal.message
-        if ingress != "messages":
-            assert refusal.param == field
+        if ingress == "messages":
+            assert refusal.kind == "invalid_request_error"
+        else:
+            assert (refusal.param, refusal.kind) == (field, "unsupported_parameter")
         return
     if case == "error":
         server = env.servers.get(target)
@@ -302,6 +310,8 @@ async def _cell(env: Env, ingress: str, target: str, case: str) -> None:
             server.inject_status(429, retry_after=3)
         refusal = await _refusal(ingress, env.url, target if server else "mock-error", case)
         assert refusal.status == 429
+        if ingress == "messages":
+            assert refusal.kind == "rate_limit_error"
         if server is not None:
             assert refusal.retry_after == "3"
         return
