@@ -31,6 +31,7 @@ from atomr_infer_core import (
     ImageBase64Part,
     ImageUrlPart,
     Message,
+    Passthrough,
     RequestKind,
     Role,
     SamplingParams,
@@ -79,6 +80,8 @@ _FEATURE_FIELDS = {
     "json_object": "text.format",
     "logprobs": "top_logprobs",
 }
+#: the runtime whose upstream serves ``/responses`` itself: its deployments get the body as sent
+_PASSTHROUGH_TARGET = "openai"
 _THINKING_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384}
 
 
@@ -95,6 +98,9 @@ class ResponseStore:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __contains__(self, response_id: object) -> bool:
+        return response_id in self._items
 
     def put(self, response_id: str, conversation: Sequence[Message]) -> None:
         self._items[response_id] = tuple(conversation)
@@ -140,7 +146,9 @@ class ResponsesRequest(ParsedRequest):
 # ---------------------------------------------------------------- request → batch
 
 
-def _content(raw: Any, path: str, target: str | None) -> str | tuple[ContentPart, ...]:
+def _content(
+    raw: Any, path: str, target: str | None, lenient: bool = False
+) -> str | tuple[ContentPart, ...]:
     if isinstance(raw, str):
         return raw
     if not isinstance(raw, list):
@@ -165,7 +173,7 @@ def _content(raw: Any, path: str, target: str | None) -> str | tuple[ContentPart
                 parts.append(
                     ImageUrlPart(url=url, detail=detail if isinstance(detail, str) else None)
                 )
-        else:
+        elif not lenient:
             raise unsupported(f"{where}.type", f"content parts of type {kind!r}", target)
     if all(isinstance(p, TextPart) for p in parts):
         return "".join(p.text for p in parts)  # type: ignore[union-attr]
@@ -189,7 +197,8 @@ def _output_text(output: Any, path: str) -> str:
     raise _bad(path, f"'{path}' must be a string or an array of text parts")
 
 
-def _items(raw: Any, target: str | None) -> list[Message]:
+def _items(raw: Any, target: str | None, lenient: bool = False) -> list[Message]:
+    """Input items as core messages; ``lenient`` (a passthrough) skips what it cannot carry."""
     if isinstance(raw, str):
         return [Message(role=Role.USER, content=raw)]
     if not isinstance(raw, list):
@@ -207,7 +216,10 @@ def _items(raw: Any, target: str | None) -> list[Message]:
                     f"{path}.role", f"'{path}.role' must be user, assistant, system or developer"
                 )
             out.append(
-                Message(role=role, content=_content(item.get("content"), f"{path}.content", target))
+                Message(
+                    role=role,
+                    content=_content(item.get("content"), f"{path}.content", target, lenient),
+                )
             )
         elif kind == "function_call":
             call = _call(item, path)
@@ -226,20 +238,24 @@ def _items(raw: Any, target: str | None) -> list[Message]:
                 raise _bad(f"{path}.call_id", f"'{path}.call_id' must be a string")
             text = _output_text(item.get("output"), f"{path}.output")
             out.append(Message(role=Role.TOOL, content=text, tool_call_id=call_id))
-        elif kind == "reasoning":
-            continue  # the model's own earlier reasoning: opaque to a translated target
+        elif kind == "reasoning" or lenient:
+            continue  # earlier reasoning is opaque to a translated target; a passthrough keeps all
         else:
             raise unsupported(f"{path}.type", f"input items of type {kind!r}", target)
     return out
 
 
-def _tools(raw: Any, target: str | None) -> tuple[dict[str, Any], ...] | None:
+def _tools(
+    raw: Any, target: str | None, lenient: bool = False
+) -> tuple[dict[str, Any], ...] | None:
     if raw is None:
         return None
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         raise _bad("tools", "'tools' must be an array of objects")
     out = []
     for i, tool in enumerate(raw):
+        if tool.get("type") != "function" and lenient:
+            continue
         if tool.get("type") != "function":
             raise unsupported(f"tools[{i}]", f"the built-in tool {tool.get('type')!r}", target)
         if not isinstance(tool.get("name"), str):
@@ -326,15 +342,21 @@ def _extra(body: Mapping[str, Any], target: str | None) -> dict[str, Any]:
 def parse_responses(
     body: Mapping[str, Any], request_id: str, *, target: str | None, store: ResponseStore
 ) -> ResponsesRequest:
-    """A Responses body → :class:`ResponsesRequest` for a deployment of runtime ``target``."""
+    """A Responses body → :class:`ResponsesRequest` for a deployment of runtime ``target``.
+
+    For an ``openai`` deployment the batch also carries the body itself (a Passthrough to
+    the upstream's ``/responses``), unless ``previous_response_id`` names a response of
+    this gateway's store (which the upstream cannot know): then it is translated.
+    """
     model = _str(body, "model", required=True) or ""
     if body.get("input") is None:
         raise _bad("input", "'input' is required (a string or an array of input items)")
     history: tuple[Message, ...] = ()
     previous = _str(body, "previous_response_id")
-    if previous is not None:
+    passthrough = target == _PASSTHROUGH_TARGET and (previous is None or previous not in store)
+    if previous is not None and not passthrough:
         history = store.get(previous)
-    conversation = (*history, *_items(body["input"], target))
+    conversation = (*history, *_items(body["input"], target, passthrough))
     instructions = _str(body, "instructions")
     messages = (
         (Message(role=Role.SYSTEM, content=instructions),) if instructions else ()
@@ -343,7 +365,8 @@ def parse_responses(
         raise _bad("input", "'input' must contain at least one item")
     max_tokens = _int(body, "max_output_tokens", lo=1)
     top_logprobs = _int(body, "top_logprobs", lo=0, hi=20)
-    extra = {**_extra(body, target), **_reasoning(body.get("reasoning"), target, max_tokens)}
+    extra = {} if passthrough else _extra(body, target)
+    extra.update(_reasoning(body.get("reasoning"), target, max_tokens))
     batch = ExecuteBatch(
         request_id=request_id,
         model=model,
@@ -357,14 +380,18 @@ def parse_responses(
             top_logprobs=top_logprobs or None,
         ),
         stream=bool(_bool(body, "stream")),
-        tools=_tools(body.get("tools"), target),
+        tools=_tools(body.get("tools"), target, passthrough),
         tool_choice=_tool_choice(body.get("tool_choice")),
         response_format=_response_format(body.get("text")),
         user=_str(body, "user"),
         extra=extra,
+        passthrough=Passthrough(dialect="openai.responses", body=body) if passthrough else None,
     )
     check_features(batch, target, names=_FEATURE_FIELDS)
     stored = _bool(body, "store")
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _bad("metadata", "'metadata' must be an object of string values")
     echo = {
         "instructions": instructions,
         "max_output_tokens": max_tokens,
@@ -380,7 +407,9 @@ def parse_responses(
         "user": batch.user,
         "truncation": body.get("truncation", "disabled"),
     }
-    return ResponsesRequest(batch, conversation=conversation, store=stored is not False, echo=echo)
+    # a passed-through response is stored upstream, under the upstream's id
+    keep = stored is not False and not passthrough
+    return ResponsesRequest(batch, conversation=conversation, store=keep, echo=echo)
 
 
 # ---------------------------------------------------------------- answer → Responses
@@ -490,6 +519,7 @@ class ResponsesStreamEncoder:
         self._text: list[str] = []
         self._usage: TokenUsage | None = None
         self._reason: FinishReason | None = None
+        self._passed = False
 
     def _event(self, name: str, payload: dict[str, Any]) -> bytes:
         data = json.dumps(
@@ -583,6 +613,10 @@ class ResponsesStreamEncoder:
         return out
 
     def encode(self, chunk: TokenChunk) -> bytes:
+        if chunk.raw is not None:
+            # the upstream spoke Responses itself: its events go out as they came
+            self._passed = True
+            return chunk.raw
         if chunk.index != 0:
             return b""
         out = self._start()
@@ -597,6 +631,8 @@ class ResponsesStreamEncoder:
         return out
 
     def finish(self) -> bytes:
+        if self._passed:
+            return b""
         out = self._start()
         out += self._close()
         status, incomplete = _status(self._reason)
@@ -646,6 +682,8 @@ class ResponsesDoor:
 
     def render(self, parsed: ParsedRequest, tokens: Tokens, raw: bytes | None) -> bytes:
         assert isinstance(parsed, ResponsesRequest)
+        if raw is not None:
+            return raw  # the upstream's own response object
         return render_response(parsed, tokens, self.store)
 
     def stream_encoder(self, parsed: ParsedRequest) -> ResponsesStreamEncoder:

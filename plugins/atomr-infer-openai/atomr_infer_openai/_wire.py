@@ -33,6 +33,7 @@ from atomr_infer_core.errors import (
 from atomr_infer_remote import ProviderRequest, SSEEvent, classify_http_status, error_message
 
 from ._config import AzureAuth, OpenAIConfig
+from ._responses_wire import ResponsesStreamParser, parse_responses_body, passes_through
 
 __all__ = [
     "OpenAIProvider",
@@ -272,9 +273,15 @@ class OpenAIProvider:
     model: str
     name: str = "openai"
 
+    def passes_through(self, batch: ExecuteBatch) -> bool:
+        """Whether ``batch`` is a Responses body for this upstream's ``/responses``
+        (Azure's Responses API lives elsewhere: Azure deployments serve the translation)."""
+        return passes_through(batch) and not self.config.is_azure
+
     def build_request(self, batch: ExecuteBatch, credential: Secret | None) -> ProviderRequest:
         c = self.config
-        operation = _OPERATION[batch.kind]
+        passthrough = self.passes_through(batch)
+        operation = "responses" if passthrough else _OPERATION[batch.kind]
         headers: dict[str, str] = {
             "accept": "text/event-stream" if batch.stream else "application/json"
         }
@@ -295,12 +302,18 @@ class OpenAIProvider:
             headers["openai-project"] = c.project
         headers.update(c.extra_headers)
         stream = batch.stream and batch.kind is not RequestKind.EMBEDDING
-        return ProviderRequest(
-            url=url, headers=headers, json=chat_body(batch, c, self.model), stream=stream
-        )
+        if passthrough:
+            assert batch.passthrough is not None
+            # the client's own Responses body: only the model is rewritten
+            body = {**batch.passthrough.body, "model": self.model}
+        else:
+            body = chat_body(batch, c, self.model)
+        return ProviderRequest(url=url, headers=headers, json=body, stream=stream)
 
     def parse_response(self, batch: ExecuteBatch, body: Any) -> Sequence[TokenChunk]:
         rid = batch.request_id
+        if self.passes_through(batch):
+            return parse_responses_body(body, request_id=rid, provider=self.name)
         usage = parse_usage(body.get("usage"))
         if batch.kind is RequestKind.EMBEDDING:
             rows = sorted(body.get("data") or (), key=lambda d: int(d.get("index", 0)))
@@ -325,7 +338,9 @@ class OpenAIProvider:
             out.append(TokenChunk(request_id=rid, usage=usage))
         return out
 
-    def stream_parser(self, batch: ExecuteBatch) -> OpenAIStreamParser:
+    def stream_parser(self, batch: ExecuteBatch) -> OpenAIStreamParser | ResponsesStreamParser:
+        if self.passes_through(batch):
+            return ResponsesStreamParser(provider=self.name, request_id=batch.request_id)
         return OpenAIStreamParser(provider=self.name, request_id=batch.request_id)
 
     def refine_error(self, status: int, body: Any) -> InferenceError | None:

@@ -10,6 +10,8 @@ Content is derived from the request so tests can assert exact text:
   (and ``tool_choice`` not ``"none"``) the model calls the first (or the named) tool with
   arguments ``{"input": <last user text>}``.
 - completions: ``"Echo: <prompt>"``, the same way.
+- responses (``POST /v1/responses``): the same answers in the Responses API's shapes and
+  events (see :mod:`._mock_responses`).
 - embeddings: ``dimensions`` (default 8) numbers in [-1, 1] from the SHA-256 of each input.
 - usage: prompt tokens = words in the input (image parts count 1); completion tokens =
   words sent (tool calls count 1) plus ``reasoning_tokens``; ``cached_tokens`` and
@@ -30,6 +32,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ._mock_responses import responses_reply
 from ._mock_server import (
     JSONReply,
     MockProviderServer,
@@ -87,6 +90,10 @@ class MockOpenAIServer(MockProviderServer):
         self.add_route("POST", "/v1/chat/completions", self.chat_completions)
         self.add_route("POST", "/v1/completions", self.completions)
         self.add_route("POST", "/v1/embeddings", self.embeddings)
+        self.add_route("POST", "/v1/responses", self.responses)
+        #: responses this server made (``previous_response_id`` must name one), each with
+        #: its conversation's last user text
+        self.response_ids: dict[str, str] = {}
         self.add_route("GET", "/v1/models", self.list_models, faulty=False)
         self.add_route("POST", "/openai/deployments/*", self.azure)
 
@@ -112,6 +119,9 @@ class MockOpenAIServer(MockProviderServer):
         if handler is None or "api-version=" not in request.query:
             return self._error(404, "Resource not found", "invalid_request_error", "404")
         return handler(body)
+
+    async def responses(self, request: RecordedRequest) -> Reply:
+        return responses_reply(self, request.json or {})
 
     async def chat_completions(self, request: RecordedRequest) -> Reply:
         return self._chat(request.json or {})

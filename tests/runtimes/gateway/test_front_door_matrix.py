@@ -273,9 +273,24 @@ def _upstream_schema(target: str, body: dict[str, Any]) -> Any:
     return body["response_format"]["json_schema"]["schema"]
 
 
-def _check_upstream(target: str, case: str, server: MockProviderServer) -> None:
+def _check_passthrough(case: str, request: Any) -> None:
+    """A Responses client on an openai deployment: its own body reached ``/responses``."""
+    body = request.json
+    assert request.path == "/v1/responses"
+    assert (body["model"], body["input"]) == (UPSTREAM_MODEL["openai"], PROMPT)
+    assert bool(body.get("stream")) == (case == "stream")
+    if case == "tool_call":
+        assert body["tools"] == [{"type": "function", "name": "lookup", "parameters": TOOL_SCHEMA}]
+    if case == "structured":
+        assert body["text"]["format"]["schema"] == SCHEMA
+
+
+def _check_upstream(ingress: str, target: str, case: str, server: MockProviderServer) -> None:
     request = server.requests[-1]
     body = request.json
+    if (ingress, target) == ("responses", "openai"):
+        _check_passthrough(case, request)
+        return
     assert _upstream_prompt(target, body) == PROMPT
     if target == "gemini":
         assert UPSTREAM_MODEL[target] in request.path
@@ -322,7 +337,7 @@ async def _cell(env: Env, ingress: str, target: str, case: str) -> None:
         return
     server = env.servers[target]
     assert len(server.requests) == before + 1
-    _check_upstream(target, case, server)
+    _check_upstream(ingress, target, case, server)
     if case == "tool_call":
         assert result == Result(tool=("lookup", {"input": PROMPT}))
     elif case == "structured":

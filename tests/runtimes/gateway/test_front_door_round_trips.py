@@ -138,12 +138,14 @@ async def test_responses_function_tool_round_trip(target: str) -> None:
     assert (call.name, json.loads(call.arguments)) == ("lookup", {"input": "find cats"})
     echoed = "find cats" if target == "openai" else "42 cats"
     assert second.output_text == f"Echo: {echoed}"
-    upstream = servers[target].requests[-1].json
+    upstream = servers[target].requests[-1]
     if target == "openai":
-        roles = [m["role"] for m in upstream["messages"]]
-        assert roles == ["user", "assistant", "tool"]
-        assert upstream["messages"][1]["tool_calls"][0]["id"] == call.call_id
+        # same dialect: the upstream's own /responses got the body, its store the context
+        assert upstream.path == "/v1/responses"
+        assert upstream.json["previous_response_id"] == first.id
+        assert upstream.json["input"][0]["call_id"] == call.call_id
     else:
+        upstream = upstream.json
         assert [m["role"] for m in upstream["messages"]] == ["user", "assistant", "user"]
 
 
@@ -176,7 +178,7 @@ async def test_responses_usage_reports_reasoning_and_cached_tokens() -> None:
         )
     assert reply.usage.output_tokens_details.reasoning_tokens == 7
     assert reply.usage.input_tokens_details.cached_tokens == 1
-    assert servers["openai"].requests[-1].json["reasoning_effort"] == "low"
+    assert servers["openai"].requests[-1].json["reasoning"] == {"effort": "low"}
 
 
 async def test_messages_usage_reports_cache_reads_and_writes() -> None:

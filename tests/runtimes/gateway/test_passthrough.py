@@ -1,4 +1,4 @@
-"""Same dialect in and out: a Messages client on an anthropic deployment.
+"""Same dialect in and out: Messages on an anthropic deployment, Responses on an openai one.
 
 The body reaches the upstream with only ``model`` rewritten (unknown fields and block
 types kept, value for value), and the upstream's answer and events come back as they
@@ -18,9 +18,15 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from atomr_infer_anthropic import PLUGIN as ANTHROPIC
 from atomr_infer_core import Deployment, RetryPolicy
+from atomr_infer_openai import _plugin as openai_plugin
 from atomr_infer_runtimes import open_cluster
 from atomr_infer_runtimes.gateway import open_gateway
-from atomr_infer_testkit import MockAnthropicServer, mock_anthropic
+from atomr_infer_testkit import (
+    MockAnthropicServer,
+    mock_anthropic,
+    mock_openai,
+    mock_runtime_plugin,
+)
 
 UPSTREAM_MODEL = "claude-sonnet-4-5-20250929"
 KNOWN = {"model", "messages", "max_tokens", "stream", "system", "tools", "tool_choice"}
@@ -131,3 +137,104 @@ async def test_the_answer_and_events_come_back_as_the_upstream_sent_them() -> No
     text = metrics.decode() if isinstance(metrics, bytes) else metrics
     assert 'atomr_tokens_in_total{deployment="claude"} 2.0' in text
     assert 'atomr_tokens_out_total{deployment="claude"} 4.0' in text
+
+
+# ---------------------------------------------------------------- Responses on openai
+
+
+@asynccontextmanager
+async def openai_gateway() -> AsyncIterator[tuple[str, Any]]:
+    async with mock_openai() as server:
+        deployments = [
+            Deployment(
+                name="gpt",
+                model="gpt-4o-mini",
+                runtime_config={"base_url": f"{server.url}/v1", "api_key": "sk-oai"},
+                retry=RetryPolicy(max_retries=0),
+            ),
+            Deployment(name="local", model="mock", runtime="mock"),
+        ]
+        plugins = [openai_plugin, mock_runtime_plugin()]
+        async with (
+            open_cluster(deployments, plugins=plugins, load_entry_points=False) as cluster,
+            open_gateway(cluster, port=0) as url,
+        ):
+            yield url, server
+
+
+@st.composite
+def _responses_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A Responses body with unknown fields, item types, content parts and tools."""
+    known = {"model", "input", "stream", "previous_response_id", "tools", "text"}
+    unknown_fields = draw(
+        st.dictionaries(_names.filter(lambda n: n not in known), _json, max_size=4)
+    )
+    unknown_items = [
+        {"type": f"x_{kind}", **payload}
+        for kind, payload in draw(
+            st.lists(
+                st.tuples(
+                    _names, st.dictionaries(_names.filter(lambda n: n != "type"), _json, max_size=3)
+                ),
+                max_size=3,
+            )
+        )
+    ]
+    part = {"type": "input_text", "text": draw(st.text(min_size=1, max_size=20))}
+    odd_part = {"type": f"x_{draw(_names)}", "data": draw(_json)}
+    message = {"role": "user", "content": [part, odd_part]}
+    return {
+        "model": "gpt",
+        "input": [*unknown_items, message],
+        "tools": [{"type": "x_builtin_search", "config": draw(_json)}],
+        **unknown_fields,
+        "stream": draw(st.booleans()),
+    }
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(bodies=st.lists(_responses_bodies(), min_size=1, max_size=4))
+def test_responses_bodies_reach_the_upstream_unchanged(bodies: list[dict[str, Any]]) -> None:
+    async def main() -> None:
+        async with openai_gateway() as (url, server), httpx.AsyncClient() as http:
+            for body in bodies:
+                reply = await http.post(f"{url}/v1/responses", json=body)
+                assert reply.status_code == 200, reply.text
+                upstream = server.requests[-1]
+                assert upstream.path == "/v1/responses"
+                assert upstream.json == {**body, "model": "gpt-4o-mini"}
+                assert list(upstream.json) == list(body)
+
+    trio.run(main)
+
+
+async def test_responses_events_come_back_as_the_upstream_sent_them() -> None:
+    body = {"model": "gpt", "input": "hello there", "stream": True}
+    async with openai_gateway() as (url, _), httpx.AsyncClient() as http:
+        stream = await http.post(f"{url}/v1/responses", json=body)
+        plain = await http.post(f"{url}/v1/responses", json={**body, "stream": False})
+    events = [line[7:] for line in stream.text.splitlines() if line.startswith("event: ")]
+    assert "response.mock_future_event" in events  # unknown to every client: kept
+    assert events[0] == "response.created"
+    assert events[-1] == "response.completed"
+    assert plain.json()["id"] == "resp_mock_1"  # the upstream's own response object
+    assert plain.json()["model"] == "gpt-4o-mini"
+
+
+async def test_a_locally_stored_response_is_continued_by_translation() -> None:
+    async with openai_gateway() as (url, server), httpx.AsyncClient() as http:
+        local = await http.post(f"{url}/v1/responses", json={"model": "local", "input": "hi"})
+        follow = await http.post(
+            f"{url}/v1/responses",
+            json={"model": "gpt", "input": "again", "previous_response_id": local.json()["id"]},
+        )
+    assert follow.status_code == 200, follow.text
+    upstream = server.requests[-1]
+    # the upstream never saw the local response: the conversation went as chat messages
+    assert upstream.path == "/v1/chat/completions"
+    assert [m["content"] for m in upstream.json["messages"]] == ["hi", "Hello, world!", "again"]
+    assert follow.json()["output"][0]["content"][0]["text"] == "Echo: again"
