@@ -13,6 +13,13 @@ do for each event:
 - ``messages translated``: the Messages encoder over the translated chunks;
 - ``responses translated``: the Responses encoder over the translated chunks.
 
+And from an OpenAI upstream, the same number of deltas:
+
+- ``chat (openai upstream)``: Chat Completions chunks through the openai runtime's parser
+  and ``ChatStreamEncoder``;
+- ``responses passthrough``: Responses events through the openai runtime's Responses
+  parser (each event's frame kept) and the Responses encoder sending it as it is.
+
 Times are process CPU time per event, best of ``--repeat`` runs. SSE decoding and
 HTTP are the same for all four and left out.
 """
@@ -31,6 +38,8 @@ from typing import Any
 from atomr_infer_anthropic._config import AnthropicConfig
 from atomr_infer_anthropic._runner import AnthropicProvider
 from atomr_infer_core import ExecuteBatch, Message, Passthrough
+from atomr_infer_openai import OpenAIConfig
+from atomr_infer_openai._wire import OpenAIProvider
 from atomr_infer_remote import SSEEvent
 from atomr_infer_runtimes.gateway._messages import MessagesRequest, MessagesStreamEncoder
 from atomr_infer_runtimes.gateway._openai import ChatStreamEncoder
@@ -60,19 +69,51 @@ def _events(n: int) -> list[SSEEvent]:
     return out
 
 
-def _batch(passthrough: bool) -> ExecuteBatch:
+def _chat_events(n: int) -> list[SSEEvent]:
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> SSEEvent:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        body = {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [choice]}
+        return SSEEvent(data=json.dumps({**body, **extra}))
+
+    out = [chunk({"role": "assistant", "content": ""})]
+    out += [chunk({"content": f" word{i % 97}"}) for i in range(n)]
+    usage = {"prompt_tokens": 10, "completion_tokens": n, "total_tokens": n + 10}
+    out.append(chunk({}, "stop", usage=usage))
+    return [*out, SSEEvent(data="[DONE]")]
+
+
+def _responses_events(n: int) -> list[SSEEvent]:
+    seq = iter(range(n + 10))
+
+    def event(name: str, **data: Any) -> SSEEvent:
+        payload = {"type": name, "sequence_number": next(seq), **data}
+        return SSEEvent(event=name, data=json.dumps(payload))
+
+    response = {"id": "resp_1", "object": "response", "status": "in_progress", "output": []}
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    out = [event("response.created", response=response)]
+    out += [event("response.output_text.delta", delta=f" word{i % 97}", **where) for i in range(n)]
+    usage = {"input_tokens": 10, "output_tokens": n, "total_tokens": n + 10}
+    out.append(
+        event("response.completed", response={**response, "status": "completed", "usage": usage})
+    )
+    return out
+
+
+def _batch(dialect: str | None) -> ExecuteBatch:
     body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
     return ExecuteBatch(
         request_id="bench",
         model="m",
         messages=(Message(role="user", content="hi"),),
         stream=True,
-        passthrough=Passthrough(dialect="anthropic.messages", body=body) if passthrough else None,
+        passthrough=Passthrough(dialect=dialect, body=body) if dialect else None,
     )
 
 
-def _run(events: list[SSEEvent], batch: ExecuteBatch, make_encoder: Callable[[], Any]) -> float:
-    provider = AnthropicProvider(AnthropicConfig(), "m")
+def _run(
+    events: list[SSEEvent], batch: ExecuteBatch, make_encoder: Callable[[], Any], provider: Any
+) -> float:
     parser = provider.stream_parser(batch)
     encoder = make_encoder()
     sent = 0
@@ -92,23 +133,46 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     events = _events(args.events)
-    plain, passed = _batch(False), _batch(True)
-    cases: list[tuple[str, ExecuteBatch, Callable[[], Any]]] = [
+    plain, passed = _batch(None), _batch("anthropic.messages")
+    responses = _batch("openai.responses")
+    anthropic, openai = (
+        AnthropicProvider(AnthropicConfig(), "m"),
+        OpenAIProvider(OpenAIConfig(), "m"),
+    )
+
+    def chat_encoder() -> ChatStreamEncoder:
+        return ChatStreamEncoder(
+            response_id="chatcmpl-bench", created=0, model="m", include_usage=True
+        )
+
+    def responses_encoder(batch: ExecuteBatch) -> ResponsesStreamEncoder:
+        request = ResponsesRequest(batch, conversation=(), store=False, echo={})
+        return ResponsesStreamEncoder(request, ResponseStore())
+
+    cases: list[tuple[str, list[SSEEvent], ExecuteBatch, Callable[[], Any], Any]] = [
+        ("chat", events, plain, chat_encoder, anthropic),
         (
-            "chat",
-            plain,
-            lambda: ChatStreamEncoder(
-                response_id="chatcmpl-bench", created=0, model="m", include_usage=True
-            ),
+            "messages passthrough",
+            events,
+            passed,
+            lambda: MessagesStreamEncoder(MessagesRequest(passed)),
+            anthropic,
         ),
-        ("messages passthrough", passed, lambda: MessagesStreamEncoder(MessagesRequest(passed))),
-        ("messages translated", plain, lambda: MessagesStreamEncoder(MessagesRequest(plain))),
         (
-            "responses translated",
+            "messages translated",
+            events,
             plain,
-            lambda: ResponsesStreamEncoder(
-                ResponsesRequest(plain, conversation=(), store=False, echo={}), ResponseStore()
-            ),
+            lambda: MessagesStreamEncoder(MessagesRequest(plain)),
+            anthropic,
+        ),
+        ("responses translated", events, plain, lambda: responses_encoder(plain), anthropic),
+        ("chat (openai upstream)", _chat_events(args.events), plain, chat_encoder, openai),
+        (
+            "responses passthrough",
+            _responses_events(args.events),
+            responses,
+            lambda: responses_encoder(responses),
+            openai,
         ),
     ]
     print(
@@ -116,12 +180,12 @@ def main() -> None:
     )
     print(f"Python {sys.version.split()[0]}; {args.events} deltas, best of {args.repeat}")
     print(f"{'path':<24}{'µs/event':>10}{'vs chat':>10}")
-    base = None
-    for name, batch, make in cases:
-        best = min(_run(events, batch, make) for _ in range(args.repeat))
-        per_event = best / len(events) * 1e6
-        base = base or per_event
-        print(f"{name:<24}{per_event:>10.2f}{per_event / base:>9.2f}x")
+    base: dict[int, float] = {}  # "vs chat": against the chat row of the same upstream
+    for name, stream, batch, make, provider in cases:
+        best = min(_run(stream, batch, make, provider) for _ in range(args.repeat))
+        per_event = best / len(stream) * 1e6
+        per_event_chat = base.setdefault(id(provider), per_event)
+        print(f"{name:<24}{per_event:>10.2f}{per_event / per_event_chat:>9.2f}x")
 
 
 if __name__ == "__main__":
