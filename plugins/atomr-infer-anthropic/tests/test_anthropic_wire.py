@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import pytest
 from hypothesis import given, strategies as st
 
@@ -499,3 +500,20 @@ def test_a_stream_cut_before_the_stop_reason_is_malformed_after_it_complete() ->
         complete.feed(SSEEvent(event=str(event["type"]), data=json.dumps(event)))
     assert not complete.finished
     assert complete.end() == []
+
+
+def test_response_format_json_schema_becomes_output_config() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    batch = ExecuteBatch(
+        request_id="r",
+        model="m",
+        messages=(Message(role="user", content="x"),),
+        response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+    )
+    body = build_request_body(batch, model="claude")
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    json_mode = attrs.evolve(batch, response_format={"type": "json_object"})
+    assert build_request_body(json_mode, model="claude")["output_config"]["format"] == {
+        "type": "json_schema",
+        "schema": {"type": "object"},
+    }
