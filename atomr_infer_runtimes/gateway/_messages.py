@@ -562,9 +562,10 @@ class MessagesStreamEncoder:
             out += self._open_block("tool_use", block)
             self._tools[index] = self._block
         arguments = fn.get("arguments")
-        if arguments and self._tools[index] == self._block:
+        if arguments:
+            # a late piece of an earlier call (interleaved calls) goes to that call's block
             piece = {"type": "input_json_delta", "partial_json": arguments}
-            out += _event("content_block_delta", {"index": self._block, "delta": piece})
+            out += _event("content_block_delta", {"index": self._tools[index], "delta": piece})
         return out
 
     def encode(self, chunk: TokenChunk) -> bytes:

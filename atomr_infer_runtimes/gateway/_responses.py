@@ -516,6 +516,8 @@ class ResponsesStreamEncoder:
         self._output: list[dict[str, Any]] = []
         self._open: dict[str, Any] | None = None
         self._calls: dict[int, dict[str, Any]] = {}
+        #: tool-call index → its output_index
+        self._positions: dict[int, int] = {}
         self._text: list[str] = []
         self._usage: TokenUsage | None = None
         self._reason: FinishReason | None = None
@@ -558,7 +560,7 @@ class ResponsesStreamEncoder:
             out += self._event("response.content_part.done", {**where, "part": part})
             item = _message_item(item["id"], text, "completed")
         else:
-            item = {**item, "status": "completed"}
+            item["status"] = "completed"  # in place: the final snapshot sees late pieces
             where = {"item_id": item["id"], "output_index": index}
             out += self._event(
                 "response.function_call_arguments.done",
@@ -602,13 +604,15 @@ class ResponsesStreamEncoder:
                 {"id": delta.get("id"), "function": {"name": fn.get("name")}},
                 "in_progress",
             )
-            self._calls[index] = item
             out += self._open_item(item)
+            self._calls[index] = item
+            self._positions[index] = len(self._output)
         item = self._calls[index]
         piece = fn.get("arguments")
-        if piece and item is self._open:
+        if piece:
+            # a late piece of an earlier call (interleaved calls) still reaches its item
             item["arguments"] += piece
-            where = {"item_id": item["id"], "output_index": len(self._output)}
+            where = {"item_id": item["id"], "output_index": self._positions[index]}
             out += self._event("response.function_call_arguments.delta", {**where, "delta": piece})
         return out
 
