@@ -34,7 +34,7 @@ from atomr_infer_core import (
     Tokens,
     TokenUsage,
 )
-from atomr_infer_core.errors import InferenceError
+from atomr_infer_core.errors import InferenceError, NotFoundError
 
 from ._doors import Headers, target_runtime, unsupported
 from ._errors import error_headers
@@ -659,6 +659,18 @@ class MessagesDoor:
         return f"event: error\ndata: {data}\n\n".encode()
 
 
+def _check_model(cluster: Any, model: str) -> None:
+    """Raise NotFoundError unless ``model`` names a deployment (or a model one serves)."""
+    route = getattr(cluster, "route", None)
+    if route is not None:
+        route(model)
+        return
+    try:
+        cluster.config.deployment(model)
+    except KeyError:
+        raise NotFoundError(f"no deployment named {model!r}", model=model) from None
+
+
 class CountTokensDoor(MessagesDoor):
     """``POST /v1/messages/count_tokens``: the gateway's estimate, no model is run.
 
@@ -672,6 +684,7 @@ class CountTokensDoor(MessagesDoor):
         model = body.get("model")
         target = target_runtime(self.cluster, model) if isinstance(model, str) else None
         parsed = parse_messages(body, request_id, target=target, count_only=True)
+        _check_model(self.cluster, parsed.model)
         tools = json.dumps(body.get("tools") or [], separators=(",", ":"))
         if body.get("tools"):
             parsed.estimate += (len(tools) + 3) // 4

@@ -99,6 +99,8 @@ async def test_count_tokens_answers_without_running_a_model(default_cluster: Fak
         counted = await client.messages.count_tokens(
             model="chat", messages=[{"role": "user", "content": "a" * 40}]
         )
+        with pytest.raises(anthropic.NotFoundError):
+            await client.messages.count_tokens(model="nope", messages=HI)
     assert counted.input_tokens == 10
     assert default_cluster.records == []
 
