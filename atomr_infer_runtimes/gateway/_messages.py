@@ -465,6 +465,9 @@ def _message_id(request_id: str) -> str:
 def render_message(parsed: ParsedRequest, tokens: Tokens) -> bytes:
     choice = tokens.choices[0] if tokens.choices else None
     content: list[dict[str, Any]] = []
+    if choice is not None and choice.reasoning:
+        # reasoning a runtime reported (no signature: only Anthropic signs its thinking)
+        content.append({"type": "thinking", "thinking": choice.reasoning, "signature": ""})
     if choice is not None and choice.text:
         content.append({"type": "text", "text": choice.text})
     for call in choice.tool_calls if choice is not None else ():
@@ -548,6 +551,14 @@ class MessagesStreamEncoder:
         delta = {"type": "text_delta", "text": text}
         return out + _event("content_block_delta", {"index": self._block, "delta": delta})
 
+    def _thinking(self, text: str) -> bytes:
+        out = b""
+        if self._open != "thinking":
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            out = self._open_block("thinking", block)
+        delta = {"type": "thinking_delta", "thinking": text}
+        return out + _event("content_block_delta", {"index": self._block, "delta": delta})
+
     def _tool(self, delta: Mapping[str, Any]) -> bytes:
         out = b""
         index = int(delta.get("index", 0))
@@ -580,6 +591,8 @@ class MessagesStreamEncoder:
             self._usage = chunk.usage
         if chunk.finish_reason is not None:
             self._reason = chunk.finish_reason
+        if chunk.reasoning_delta:
+            out += self._thinking(chunk.reasoning_delta)
         if chunk.text_delta:
             out += self._text(chunk.text_delta)
         for delta in chunk.tool_call_deltas or ():

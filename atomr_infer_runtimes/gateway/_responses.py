@@ -436,6 +436,11 @@ def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
     }
 
 
+def _reasoning_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    content = [{"type": "reasoning_text", "text": text}] if text else []
+    return {"type": "reasoning", "id": item_id, "summary": [], "content": content, "status": status}
+
+
 def _call_item(item_id: str, call: Mapping[str, Any], status: str) -> dict[str, Any]:
     fn = call.get("function") or {}
     return {
@@ -485,6 +490,10 @@ def render_response(parsed: ResponsesRequest, tokens: Tokens, store: ResponseSto
     text = choice.text if choice is not None else ""
     calls = choice.tool_calls if choice is not None else ()
     output: list[dict[str, Any]] = []
+    if choice is not None and choice.reasoning:
+        output.append(
+            _reasoning_item(f"rs_{parsed.batch.request_id}", choice.reasoning, "completed")
+        )
     if text or not calls:
         output.append(_message_item(f"msg_{parsed.batch.request_id}", text, "completed"))
     for i, call in enumerate(calls):
@@ -519,6 +528,7 @@ class ResponsesStreamEncoder:
         #: tool-call index → its output_index
         self._positions: dict[int, int] = {}
         self._text: list[str] = []
+        self._reasoning: list[str] = []
         self._usage: TokenUsage | None = None
         self._reason: FinishReason | None = None
         self._passed = False
@@ -551,7 +561,13 @@ class ResponsesStreamEncoder:
         self._open = None
         index = len(self._output)
         out = b""
-        if item["type"] == "message":
+        if item["type"] == "reasoning":
+            text = "".join(self._reasoning)
+            self._reasoning = []
+            where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            out += self._event("response.reasoning_text.done", {**where, "text": text})
+            item = _reasoning_item(item["id"], text, "completed")
+        elif item["type"] == "message":
             text = "".join(self._text)
             self._text = []
             part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
@@ -581,6 +597,15 @@ class ResponsesStreamEncoder:
                 {"item_id": item["id"], "output_index": index, "content_index": 0, "part": part},
             )
         return out
+
+    def _reasoning_delta(self, text: str) -> bytes:
+        out = b""
+        if self._open is None or self._open["type"] != "reasoning":
+            item_id = f"rs_{self._parsed.batch.request_id}_{len(self._output)}"
+            out += self._open_item(_reasoning_item(item_id, "", "in_progress"))
+        self._reasoning.append(text)
+        where = {"item_id": self._open["id"], "output_index": len(self._output), "content_index": 0}  # type: ignore[index]
+        return out + self._event("response.reasoning_text.delta", {**where, "delta": text})
 
     def _text_delta(self, text: str) -> bytes:
         out = b""
@@ -628,6 +653,8 @@ class ResponsesStreamEncoder:
             self._usage = chunk.usage
         if chunk.finish_reason is not None:
             self._reason = chunk.finish_reason
+        if chunk.reasoning_delta:
+            out += self._reasoning_delta(chunk.reasoning_delta)
         if chunk.text_delta:
             out += self._text_delta(chunk.text_delta)
         for delta in chunk.tool_call_deltas or ():

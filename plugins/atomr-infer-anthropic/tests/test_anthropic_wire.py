@@ -242,6 +242,7 @@ def test_json_message_with_text_tool_use_and_cache_usage() -> None:
     assert chunk == TokenChunk(
         request_id="r1",
         text_delta="Let me check.",
+        reasoning_delta="hmm",  # thinking is reported apart from the answer
         tool_call_deltas=(
             {
                 "index": 0,
@@ -517,3 +518,23 @@ def test_response_format_json_schema_becomes_output_config() -> None:
         "type": "json_schema",
         "schema": {"type": "object"},
     }
+
+
+def test_thinking_is_reported_as_reasoning_not_answer() -> None:
+    state = StreamState(request_id="r")
+    delta = {"type": "thinking_delta", "thinking": "hmm"}
+    [chunk] = state.feed(
+        "content_block_delta",
+        json.dumps({"type": "content_block_delta", "index": 0, "delta": delta}),
+    )
+    assert (chunk.reasoning_delta, chunk.text_delta) == ("hmm", "")
+    body = {
+        "content": [
+            {"type": "thinking", "thinking": "first", "signature": "s"},
+            {"type": "text", "text": "answer"},
+        ],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 1, "output_tokens": 2},
+    }
+    [whole] = parse_message(body)
+    assert (whole.reasoning_delta, whole.text_delta) == ("first", "answer")

@@ -186,6 +186,15 @@ def _tool_deltas(calls: Any) -> tuple[Mapping[str, Any], ...] | None:
     return tuple({"index": c.get("index", i), **c} for i, c in enumerate(calls))
 
 
+def _reasoning(message: Any) -> str:
+    """Reasoning text of an OpenAI-compatible message or delta (``reasoning_content``, as
+    DeepSeek, vLLM and LiteLLM send it, or ``reasoning``)."""
+    if not isinstance(message, Mapping):
+        return ""
+    value = message.get("reasoning_content") or message.get("reasoning")
+    return value if isinstance(value, str) else ""
+
+
 def _refine(provider: str, status: int, body: Any) -> InferenceError | None:
     if not isinstance(body, Mapping) or not isinstance(body.get("error"), Mapping):
         return None
@@ -239,14 +248,16 @@ class OpenAIStreamParser:
     def _choice(self, choice: Mapping[str, Any]) -> TokenChunk | None:
         delta = choice.get("delta")
         text = (delta or {}).get("content") if delta is not None else choice.get("text")
+        reasoning = _reasoning(delta)
         tools = _tool_deltas((delta or {}).get("tool_calls"))
         finish = finish_reason(choice.get("finish_reason"))
         logprobs = choice.get("logprobs")
-        if not text and tools is None and finish is None and logprobs is None:
+        if not text and not reasoning and tools is None and finish is None and logprobs is None:
             return None
         return TokenChunk(
             request_id=self.request_id,
             text_delta=text or "",
+            reasoning_delta=reasoning,
             index=int(choice.get("index") or 0),
             tool_call_deltas=tools,
             finish_reason=finish,
@@ -328,6 +339,7 @@ class OpenAIProvider:
                 TokenChunk(
                     request_id=rid,
                     text_delta=text or "",
+                    reasoning_delta=_reasoning(message),
                     index=int(choice.get("index") or 0),
                     tool_call_deltas=_tool_deltas((message or {}).get("tool_calls")),
                     finish_reason=finish_reason(choice.get("finish_reason")) or FinishReason.STOP,

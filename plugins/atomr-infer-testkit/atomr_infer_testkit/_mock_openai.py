@@ -14,7 +14,9 @@ Content is derived from the request so tests can assert exact text:
   events (see :mod:`._mock_responses`).
 - embeddings: ``dimensions`` (default 8) numbers in [-1, 1] from the SHA-256 of each input.
 - usage: prompt tokens = words in the input (image parts count 1); completion tokens =
-  words sent (tool calls count 1) plus ``reasoning_tokens``; ``cached_tokens`` and
+  words sent (tool calls count 1) plus ``reasoning_tokens``; with ``reasoning_effort`` the
+  answer also carries ``reasoning_content`` ``"Thinking: <text>"`` (streamed as one delta
+  before the content), as DeepSeek-style servers send it; ``cached_tokens`` and
   ``reasoning_tokens`` are attributes tests may set.
 
 A prompt whose words plus ``max_tokens`` exceed ``context_window`` gets OpenAI's 400
@@ -151,12 +153,16 @@ class MockOpenAIServer(MockProviderServer):
         completion = sum(len(words) for words, _ in choices) + self.reasoning_tokens
         usage = self._usage(prompt_tokens, completion)
         model = body.get("model", "")
+        # with reasoning_effort the mock "reasons" aloud, as DeepSeek-style servers do
+        thought = f"Thinking: {last_user}" if body.get("reasoning_effort") else None
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return self._chat_stream(model, choices, tool, last_user, usage, include_usage)
+            return self._chat_stream(model, choices, tool, last_user, usage, include_usage, thought)
         out = []
         for i, (words, finish) in enumerate(choices):
             message: dict[str, Any] = {"role": "assistant", "content": "".join(words) or None}
+            if thought:
+                message["reasoning_content"] = thought
             if tool is not None:
                 message["content"] = None
                 message["tool_calls"] = [_tool_call(i, tool, last_user)]
@@ -181,6 +187,7 @@ class MockOpenAIServer(MockProviderServer):
         last_user: str,
         usage: dict[str, Any],
         include_usage: bool,
+        thought: str | None = None,
     ) -> Reply:
         def chunk(choice_list: list[dict[str, Any]], **extra: Any) -> bytes:
             body: dict[str, Any] = {
@@ -202,6 +209,8 @@ class MockOpenAIServer(MockProviderServer):
             chunk([delta(i, {"role": "assistant", "content": ""})]) for i in range(len(choices))
         ]
         for i, (words, finish) in enumerate(choices):
+            if thought:
+                frames.append(chunk([delta(i, {"reasoning_content": thought})]))
             if tool is not None:
                 call = _tool_call(i, tool, last_user)
                 args = call["function"]["arguments"]

@@ -17,6 +17,7 @@ import pytest
 
 from atomr_infer_anthropic import PLUGIN as ANTHROPIC
 from atomr_infer_core import Deployment, RetryPolicy
+from atomr_infer_litellm import _runtime as litellm_plugin
 from atomr_infer_openai import _plugin as openai_plugin
 from atomr_infer_runtimes import open_cluster
 from atomr_infer_runtimes.gateway import open_gateway
@@ -41,8 +42,15 @@ async def two_providers() -> AsyncIterator[tuple[str, dict[str, MockProviderServ
                 runtime_config={"base_url": f"{ant.url}/v1", "api_key": "sk-ant"},
                 retry=RetryPolicy(max_retries=0),
             ),
+            Deployment(
+                name="litellm",
+                model="litellm/gpt-4o-mini",
+                runtime="litellm",
+                runtime_config={"base_url": f"{oai.url}/v1"},
+                retry=RetryPolicy(max_retries=0),
+            ),
         ]
-        plugins = [openai_plugin, ANTHROPIC]
+        plugins = [openai_plugin, ANTHROPIC, litellm_plugin]
         async with (
             open_cluster(deployments, plugins=plugins, load_entry_points=False) as cluster,
             open_gateway(cluster, port=0) as url,
@@ -199,3 +207,47 @@ async def test_messages_usage_reports_cache_reads_and_writes() -> None:
         assert usage.cache_read_input_tokens == 5
         assert usage.cache_creation_input_tokens == 3
         assert usage.input_tokens == 1
+
+
+async def test_messages_thinking_from_a_reasoning_runtime_is_a_thinking_block() -> None:
+    thinking: Any = {"type": "enabled", "budget_tokens": 2048}
+    hi: Any = [{"role": "user", "content": "hello there"}]
+    async with (
+        two_providers() as (url, servers),
+        anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0) as client,
+    ):
+        reply = await client.messages.create(
+            model="openai", max_tokens=4096, messages=hi, thinking=thinking
+        )
+        async with client.messages.stream(
+            model="openai", max_tokens=4096, messages=hi, thinking=thinking
+        ) as stream:
+            kinds = [e.type async for e in stream]
+            final = await stream.get_final_message()
+    assert servers["openai"].requests[-1].json["reasoning_effort"] == "low"
+    for message in (reply, final):
+        assert [b.type for b in message.content] == ["thinking", "text"]
+        assert message.content[0].thinking == "Thinking: hello there"
+        assert message.content[1].text == "Echo: hello there"
+    assert "thinking" in kinds
+
+
+async def test_responses_reasoning_from_a_translated_runtime_is_a_reasoning_item() -> None:
+    async with (
+        two_providers() as (url, _),
+        openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0) as client,
+    ):
+        reply = await client.responses.create(
+            model="litellm", input="hello there", reasoning={"effort": "medium"}
+        )
+        stream = await client.responses.create(
+            model="litellm", input="hello there", reasoning={"effort": "medium"}, stream=True
+        )
+        events = [e async for e in stream]
+    assert [item.type for item in reply.output] == ["reasoning", "message"]
+    assert reply.output[0].content[0].text == "Thinking: hello there"
+    assert reply.output_text == "Echo: hello there"
+    deltas = [e.delta for e in events if e.type == "response.reasoning_text.delta"]
+    assert deltas == ["Thinking: hello there"]
+    done = events[-1].response
+    assert [item.type for item in done.output] == ["reasoning", "message"]
