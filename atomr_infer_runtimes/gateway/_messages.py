@@ -34,7 +34,7 @@ from atomr_infer_core import (
     Tokens,
     TokenUsage,
 )
-from atomr_infer_core.errors import InferenceError, NotFoundError
+from atomr_infer_core.errors import InferenceError, NotFoundError, ServerError
 
 from ._doors import Headers, target_runtime, unsupported
 from ._errors import error_headers
@@ -621,14 +621,21 @@ class MessagesStreamEncoder:
 # ---------------------------------------------------------------- errors
 
 
+def _overloaded(exc: InferenceError) -> bool:
+    """Shed here (503: capacity, breaker, draining) or overloaded upstream (a 529)."""
+    return exc.http_status == 503 or (
+        isinstance(exc, ServerError) and getattr(exc, "status", None) == 529
+    )
+
+
 def anthropic_status(exc: InferenceError) -> int:
-    """Anthropic's status for ``exc``: a shed request (503) is 529 ``overloaded_error``."""
-    return 529 if exc.http_status == 503 else exc.http_status
+    """Anthropic's status for ``exc``: shed or overloaded is 529 ``overloaded_error``."""
+    return 529 if _overloaded(exc) else exc.http_status
 
 
 def error_json(exc: InferenceError) -> dict[str, Any]:
     status = exc.http_status
-    kind = _ERROR_TYPES.get(status, "api_error")
+    kind = "overloaded_error" if _overloaded(exc) else _ERROR_TYPES.get(status, "api_error")
     if exc.code == "insufficient_quota":
         kind = "billing_error" if status == 402 else "rate_limit_error"
     return {"type": "error", "error": {"type": kind, "message": exc.message}}

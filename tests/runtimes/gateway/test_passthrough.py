@@ -139,6 +139,21 @@ async def test_the_answer_and_events_come_back_as_the_upstream_sent_them() -> No
     assert 'atomr_tokens_out_total{deployment="claude"} 4.0' in text
 
 
+async def test_an_overloaded_upstream_is_overloaded_error_529_to_the_client() -> None:
+    body = {"model": "claude", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    async with anthropic_gateway() as (url, server, _), httpx.AsyncClient() as http:
+        server.inject_status(529)
+        unary = await http.post(f"{url}/v1/messages", json=body)
+        server.error_event_after(1)
+        stream = await http.post(f"{url}/v1/messages", json={**body, "stream": True})
+    assert unary.status_code == 529
+    assert unary.json()["error"]["type"] == "overloaded_error"
+    frames = stream.text.strip().split("\n\n")
+    assert frames[-1].startswith("event: error\n")
+    assert json.loads(frames[-1].split("data: ", 1)[1])["error"]["type"] == "overloaded_error"
+    assert "content_block_delta" in stream.text  # the delta before the error got through
+
+
 # ---------------------------------------------------------------- Responses on openai
 
 
