@@ -251,3 +251,24 @@ async def test_responses_reasoning_from_a_translated_runtime_is_a_reasoning_item
     assert deltas == ["Thinking: hello there"]
     done = events[-1].response
     assert [item.type for item in done.output] == ["reasoning", "message"]
+
+
+async def test_chat_carries_reasoning_content_from_a_reasoning_runtime() -> None:
+    hi: Any = [{"role": "user", "content": "hello there"}]
+    async with (
+        two_providers() as (url, _),
+        openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0) as client,
+    ):
+        reply = await client.chat.completions.create(
+            model="litellm", messages=hi, reasoning_effort="low"
+        )
+        stream = await client.chat.completions.create(
+            model="litellm", messages=hi, reasoning_effort="low", stream=True
+        )
+        chunks = [c async for c in stream]
+    assert reply.choices[0].message.model_extra["reasoning_content"] == "Thinking: hello there"
+    assert reply.choices[0].message.content == "Echo: hello there"
+    pieces = [
+        (c.choices[0].delta.model_extra or {}).get("reasoning_content") for c in chunks if c.choices
+    ]
+    assert [p for p in pieces if p] == ["Thinking: hello there"]
