@@ -147,7 +147,7 @@ def main() -> None:
 
     def responses_encoder(batch: ExecuteBatch) -> ResponsesStreamEncoder:
         request = ResponsesRequest(batch, conversation=(), store=False, echo={})
-        return ResponsesStreamEncoder(request, ResponseStore())
+        return ResponsesStreamEncoder(request, ResponseStore(clock=lambda: 0.0))
 
     cases: list[tuple[str, list[SSEEvent], ExecuteBatch, Callable[[], Any], Any]] = [
         ("chat", events, plain, chat_encoder, anthropic),

@@ -21,8 +21,10 @@ import collections
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import trio
 
 from atomr_infer_core import (
     ContentPart,
@@ -86,15 +88,27 @@ _THINKING_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384}
 
 
 class ResponseStore:
-    """Stored conversations by response id, at most ``capacity`` (least recent evicted).
+    """Stored conversations by response id: at most ``capacity`` (the least recently used
+    is evicted), each for ``ttl`` seconds after it was stored.
 
     One per gateway process. Each entry is the conversation a response ended: its input
-    messages (without ``instructions``, which do not carry over) and its answer.
+    messages (without ``instructions``, which do not carry over) and its answer. ``clock``
+    is trio's by default (tests pass their own).
     """
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(
+        self,
+        capacity: int = 1024,
+        *,
+        ttl: float = 3600.0,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
         self.capacity = capacity
-        self._items: collections.OrderedDict[str, tuple[Message, ...]] = collections.OrderedDict()
+        self.ttl = ttl
+        self._clock = clock
+        self._items: collections.OrderedDict[str, tuple[float, tuple[Message, ...]]] = (
+            collections.OrderedDict()
+        )
 
     def __len__(self) -> int:
         return len(self._items)
@@ -103,24 +117,26 @@ class ResponseStore:
         return response_id in self._items
 
     def put(self, response_id: str, conversation: Sequence[Message]) -> None:
-        self._items[response_id] = tuple(conversation)
+        self._items[response_id] = (self._clock() + self.ttl, tuple(conversation))
         self._items.move_to_end(response_id)
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
     def get(self, response_id: str) -> tuple[Message, ...]:
-        """The stored conversation; BadRequestError when unknown or evicted."""
-        try:
-            conversation = self._items[response_id]
-        except KeyError:
+        """The stored conversation; BadRequestError when unknown, evicted or expired."""
+        entry = self._items.get(response_id)
+        if entry is not None and entry[0] <= self._clock():
+            del self._items[response_id]
+            entry = None
+        if entry is None:
             raise BadRequestError(
                 f"previous_response_id {response_id!r} is unknown or has expired (this gateway "
-                f"keeps the last {self.capacity} stored responses); resend the conversation "
-                "as input items",
+                f"keeps the last {self.capacity} stored responses for {self.ttl:g} s); resend "
+                "the conversation as input items",
                 param="previous_response_id",
-            ) from None
+            )
         self._items.move_to_end(response_id)
-        return conversation
+        return entry[1]
 
 
 class ResponsesRequest(ParsedRequest):

@@ -67,7 +67,7 @@ def test_messages_encoder_routes_interleaved_tool_pieces_to_their_blocks() -> No
 
 
 def test_responses_encoder_keeps_interleaved_pieces_in_the_final_response() -> None:
-    store = ResponseStore()
+    store = ResponseStore(clock=lambda: 0.0)
     request = ResponsesRequest(BATCH, conversation=(), store=True, echo={})
     encoder = ResponsesStreamEncoder(request, store)
     events = _sse(b"".join(encoder.encode(c) for c in CHUNKS) + encoder.finish())

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from atomr_infer_core import Role
+from atomr_infer_core import Role, errors
 from atomr_infer_runtimes.gateway._responses import ResponseStore
 from atomr_infer_testkit import MockConfig
 
@@ -111,7 +111,7 @@ async def test_previous_response_id_continues_a_stored_conversation(
 
 
 def test_store_is_bounded_and_evicts_the_least_recent() -> None:
-    store = ResponseStore(capacity=2)
+    store = ResponseStore(capacity=2, clock=lambda: 0.0)
     store.put("a", ())
     store.put("b", ())
     store.get("a")
@@ -121,6 +121,19 @@ def test_store_is_bounded_and_evicts_the_least_recent() -> None:
     store.get("c")
     with pytest.raises(Exception, match="unknown or has expired"):
         store.get("b")
+
+
+def test_stored_responses_expire_after_their_ttl() -> None:
+    now = [100.0]
+    store = ResponseStore(capacity=8, ttl=60.0, clock=lambda: now[0])
+    store.put("a", ())
+    now[0] = 159.9
+    assert store.get("a") == ()
+    now[0] = 160.0
+    with pytest.raises(errors.BadRequestError, match="unknown or has expired") as caught:
+        store.get("a")
+    assert caught.value.param == "previous_response_id"
+    assert "a" not in store
 
 
 async def test_function_call_output_items_become_tool_messages(
