@@ -385,7 +385,8 @@ class _Gateway:
                             await send(
                                 {"type": "http.response.body", "body": data, "more_body": True}
                             )
-                total = total + (encoder.usage or TokenUsage())
+                if parsed.prompts:
+                    total = total + (encoder.usage or TokenUsage())
             if parsed.prompts:
                 encoder.usage = total
         except InferenceError as exc:
