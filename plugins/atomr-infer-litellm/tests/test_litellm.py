@@ -24,7 +24,8 @@ from atomr_infer_core.errors import InferenceError, ServerError
 from atomr_infer_litellm import LiteLLMRunner
 from atomr_infer_litellm._plugin import register_runtimes
 from atomr_infer_openai import OpenAIRunner
-from atomr_infer_testkit import mock_openai
+from atomr_infer_testkit import MockProviderServer, mock_openai
+from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite
 
 
 def _plugin() -> RuntimePlugin:
@@ -32,6 +33,31 @@ def _plugin() -> RuntimePlugin:
     register_runtimes(found.append)
     (plugin,) = found
     return plugin
+
+
+def _contract_runner(
+    server: MockProviderServer, deployment: Deployment, context: RunnerContext
+) -> OpenAIRunner:
+    plugin = _plugin()
+    config = plugin.structure_config({"base_url": f"{server.url}/v1", "api_key": "sk-litellm"})
+    return plugin.create(deployment, config, context)  # type: ignore[return-value]
+
+
+@pytest.fixture
+def runner_contract() -> ContractAdapter:
+    # a LiteLLM proxy speaks OpenAI's wire, so the mock OpenAI server stands in for it
+    return ContractAdapter(
+        provider="litellm",
+        model="litellm/claude-sonnet",
+        serve=mock_openai,
+        make_runner=_contract_runner,
+        frames_before_text=1,  # the role chunk
+        input_tokens=4,
+    )
+
+
+class TestLiteLLMRunnerContract(RunnerContractSuite):
+    """429, 5xx, 401, broken streams, cancellation, usage and tools: the shared scenarios."""
 
 
 def _chat(**kw: Any) -> ExecuteBatch:
