@@ -6,11 +6,9 @@ import pytest
 import trio
 import trio.testing
 
-from atomr_infer_anthropic import PLUGIN, PRICES, AnthropicConfig, AnthropicRunner
+from atomr_infer_anthropic import PLUGIN, PRICES, AnthropicConfig
 from atomr_infer_core import (
-    Deployment,
     FinishReason,
-    RunnerContext,
     SamplingParams,
     Secret,
     TokenUsage,
@@ -21,22 +19,24 @@ from atomr_infer_core.errors import (
     ForbiddenError,
     ServerError,
 )
-from atomr_infer_testkit import MockProviderServer, mock_anthropic
-from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite, collect
+from atomr_infer_testkit import mock_anthropic
+from atomr_infer_testkit.contract import (
+    ContractAdapter,
+    RunnerContractSuite,
+    collect,
+    plugin_runner,
+)
 
 MODEL = "claude-sonnet-4-5-20250929"
-
-
-def _runner(server: MockProviderServer, dep: Deployment, context: RunnerContext) -> AnthropicRunner:
-    config = AnthropicConfig(base_url=f"{server.url}/v1", api_key=Secret("sk-ant-test"))
-    return AnthropicRunner(dep, config, context)
 
 
 ADAPTER = ContractAdapter(
     provider="anthropic",
     model=MODEL,
     serve=mock_anthropic,
-    make_runner=_runner,
+    make_runner=plugin_runner(
+        PLUGIN, lambda server: {"base_url": f"{server.url}/v1", "api_key": "sk-ant-test"}
+    ),
     frames_before_text=3,  # message_start, content_block_start, ping
     input_tokens=4,
 )

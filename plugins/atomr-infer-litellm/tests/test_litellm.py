@@ -24,8 +24,8 @@ from atomr_infer_core.errors import InferenceError, ServerError
 from atomr_infer_litellm import LiteLLMRunner
 from atomr_infer_litellm._plugin import register_runtimes
 from atomr_infer_openai import OpenAIRunner
-from atomr_infer_testkit import MockProviderServer, mock_openai
-from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite
+from atomr_infer_testkit import mock_openai
+from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite, plugin_runner
 
 
 def _plugin() -> RuntimePlugin:
@@ -35,14 +35,6 @@ def _plugin() -> RuntimePlugin:
     return plugin
 
 
-def _contract_runner(
-    server: MockProviderServer, deployment: Deployment, context: RunnerContext
-) -> OpenAIRunner:
-    plugin = _plugin()
-    config = plugin.structure_config({"base_url": f"{server.url}/v1", "api_key": "sk-litellm"})
-    return plugin.create(deployment, config, context)  # type: ignore[return-value]
-
-
 @pytest.fixture
 def runner_contract() -> ContractAdapter:
     # a LiteLLM proxy speaks OpenAI's wire, so the mock OpenAI server stands in for it
@@ -50,7 +42,9 @@ def runner_contract() -> ContractAdapter:
         provider="litellm",
         model="litellm/claude-sonnet",
         serve=mock_openai,
-        make_runner=_contract_runner,
+        make_runner=plugin_runner(
+            _plugin(), lambda server: {"base_url": f"{server.url}/v1", "api_key": "sk-litellm"}
+        ),
         frames_before_text=1,  # the role chunk
         input_tokens=4,
     )

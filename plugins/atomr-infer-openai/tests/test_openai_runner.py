@@ -34,8 +34,8 @@ from atomr_infer_core.errors import (
 )
 from atomr_infer_openai import OpenAIConfig, OpenAIRunner
 from atomr_infer_openai._plugin import register_runtimes
-from atomr_infer_testkit import MockOpenAIServer, MockProviderServer, mock_openai
-from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite
+from atomr_infer_testkit import MockOpenAIServer, mock_openai
+from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite, plugin_runner
 
 
 def _plugin() -> RuntimePlugin:
@@ -62,21 +62,15 @@ async def _runner(
         nursery.cancel_scope.cancel()
 
 
-def _contract_runner(
-    server: MockProviderServer, deployment: Deployment, context: RunnerContext
-) -> OpenAIRunner:
-    plugin = _plugin()
-    config = plugin.structure_config({"base_url": f"{server.url}/v1", "api_key": "sk-mock"})
-    return plugin.create(deployment, config, context)  # type: ignore[return-value]
-
-
 @pytest.fixture
 def runner_contract() -> ContractAdapter:
     return ContractAdapter(
         provider="openai",
         model="gpt-4o-mini",
         serve=mock_openai,
-        make_runner=_contract_runner,
+        make_runner=plugin_runner(
+            _plugin(), lambda server: {"base_url": f"{server.url}/v1", "api_key": "sk-mock"}
+        ),
         frames_before_text=1,  # the role chunk
         input_tokens=4,
     )

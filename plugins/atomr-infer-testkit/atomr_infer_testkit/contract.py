@@ -12,8 +12,9 @@ A plugin runs the suite with a fixture named ``runner_contract`` that returns it
 :class:`ContractAdapter`, and a test class that inherits :class:`RunnerContractSuite`::
 
     import pytest
+    from atomr_infer_anthropic import PLUGIN
     from atomr_infer_testkit import mock_anthropic
-    from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite
+    from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite, plugin_runner
 
     @pytest.fixture
     def runner_contract() -> ContractAdapter:
@@ -21,9 +22,8 @@ A plugin runs the suite with a fixture named ``runner_contract`` that returns it
             provider="anthropic",
             model="claude-sonnet-4-5-20250929",
             serve=mock_anthropic,
-            make_runner=lambda server, deployment, context: AnthropicRunner(
-                deployment, AnthropicConfig(base_url=f"{server.url}/v1", api_key=Secret("k")),
-                context,
+            make_runner=plugin_runner(
+                PLUGIN, lambda server: {"base_url": f"{server.url}/v1", "api_key": "k"}
             ),
             frames_before_text=3,
             input_tokens=4,
@@ -38,7 +38,7 @@ This module imports pytest; the rest of the testkit does not.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -56,6 +56,7 @@ from atomr_infer_core import (
     Message,
     RetryPolicy,
     RunnerContext,
+    RuntimePlugin,
     TokenChunk,
     Tokens,
 )
@@ -71,11 +72,34 @@ from atomr_infer_remote import CallableCredential, CircuitBreaker, EngineRunner,
 
 from ._mock_server import MockProviderServer
 
-__all__ = ["SCENARIOS", "ContractAdapter", "RunnerContractSuite", "Scenario", "collect"]
+__all__ = [
+    "SCENARIOS",
+    "ContractAdapter",
+    "RunnerContractSuite",
+    "Scenario",
+    "collect",
+    "plugin_runner",
+]
 
 #: what the mock servers answer to the contract's prompt, as the stream's text deltas
 ECHO = ["Echo:", " hello", " world"]
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+
+
+MakeRunner = Callable[[MockProviderServer, Deployment, RunnerContext], EngineRunner]
+
+
+def plugin_runner(
+    plugin: RuntimePlugin, runtime_config: Callable[[MockProviderServer], Mapping[str, Any]]
+) -> MakeRunner:
+    """A ``make_runner`` that builds the runner as the cluster does: the plugin structures
+    ``runtime_config(server)`` (a deployment's ``[runtime_config]`` table) and creates it."""
+
+    def make(server: MockProviderServer, deployment: Deployment, context: RunnerContext) -> Any:
+        config = plugin.structure_config(dict(runtime_config(server)))
+        return plugin.create(deployment, config, context)
+
+    return make
 
 
 @attrs.frozen(kw_only=True)
@@ -88,7 +112,8 @@ class ContractAdapter:
         serve: opens the provider's mock server (``mock_openai``, ``mock_anthropic``, …).
         make_runner: builds the plugin's runner (not started) for ``deployment``, pointed
             at ``server``, with ``context`` (its services carry the limiter, the breaker
-            and, for the 401 scenario, the credentials).
+            and, for the 401 scenario, the credentials); :func:`plugin_runner` builds one
+            from the plugin and a ``[runtime_config]`` table.
         frames_before_text: how many stream frames the mock sends before the one that
             carries the first text delta (OpenAI's role chunk, Anthropic's
             ``message_start``, ``content_block_start`` and ``ping``, …).
@@ -100,7 +125,7 @@ class ContractAdapter:
     provider: str
     model: str
     serve: Callable[[], AbstractAsyncContextManager[MockProviderServer]]
-    make_runner: Callable[[MockProviderServer, Deployment, RunnerContext], EngineRunner]
+    make_runner: MakeRunner
     frames_before_text: int
     input_tokens: int
     tools_stream: bool = True
