@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 import trio.testing
@@ -24,19 +26,16 @@ from atomr_infer_testkit.contract import (
     ContractAdapter,
     RunnerContractSuite,
     collect,
-    plugin_runner,
 )
 
 MODEL = "claude-sonnet-4-5-20250929"
 
 
 ADAPTER = ContractAdapter(
-    provider="anthropic",
+    plugin=PLUGIN,
+    runtime_config=lambda server: {"base_url": f"{server.url}/v1", "api_key": "sk-ant-test"},
     model=MODEL,
     serve=mock_anthropic,
-    make_runner=plugin_runner(
-        PLUGIN, lambda server: {"base_url": f"{server.url}/v1", "api_key": "sk-ant-test"}
-    ),
     frames_before_text=3,  # message_start, content_block_start, ping
     input_tokens=4,
 )
@@ -151,6 +150,23 @@ async def test_permission_error_is_forbidden() -> None:
         server.inject_status(403, body=body)
         with pytest.raises(ForbiddenError):
             await collect(runner, batch())
+
+
+# -- through the gateway ----------------------------------------------------------------
+
+
+async def test_error_event_after_output_ends_the_gateway_stream_with_an_error_event() -> None:
+    async with mock_anthropic() as server, ADAPTER.gateway(server) as http:
+        server.error_event_after(2)
+        messages = [{"role": "user", "content": "hello big world"}]
+        body = {"model": "contract", "messages": messages, "stream": True}
+        resp = await http.post("/v1/chat/completions", json=body)
+    payloads = [json.loads(ln[6:]) for ln in resp.text.splitlines() if ln.startswith("data: {")]
+    deltas = [p["choices"][0]["delta"] for p in payloads if p.get("choices")]
+    assert "".join(d.get("content") or "" for d in deltas) == "Echo: hello"
+    assert "error" in payloads[-1]
+    assert "[DONE]" not in resp.text
+    assert len(server.requests) == 1
 
 
 # -- the plugin -------------------------------------------------------------------------

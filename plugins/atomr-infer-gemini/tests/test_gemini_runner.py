@@ -40,10 +40,10 @@ def studio(server: MockProviderServer, **kw: Any) -> GeminiConfig:
 
 
 ADAPTER = ContractAdapter(
-    provider="gemini",
+    plugin=PLUGIN,
+    runtime_config=lambda server: {"endpoint": f"{server.url}/v1beta/", "api_key": "AIza-test"},
     model=MODEL,
     serve=mock_gemini,
-    make_runner=lambda server, dep, context: GeminiRunner(dep, studio(server), context),
     frames_before_text=0,
     input_tokens=4,
 )
@@ -261,6 +261,17 @@ async def test_permission_denied_is_forbidden_and_bad_key_unauthorized() -> None
         server.require_api_key("another-key")
         with pytest.raises(UnauthorizedError):
             await collect(runner, batch())
+
+
+# -- through the gateway ----------------------------------------------------------------
+
+
+async def test_blocked_prompt_is_a_400_content_filter_at_the_gateway() -> None:
+    async with mock_gemini() as server, ADAPTER.gateway(server) as http:
+        body = {"model": "contract", "messages": [{"role": "user", "content": "FORBIDDEN"}]}
+        resp = await http.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "content_filter"
 
 
 # -- the plugin -------------------------------------------------------------------------

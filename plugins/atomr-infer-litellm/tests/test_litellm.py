@@ -25,7 +25,7 @@ from atomr_infer_litellm import LiteLLMRunner
 from atomr_infer_litellm._plugin import register_runtimes
 from atomr_infer_openai import OpenAIRunner
 from atomr_infer_testkit import mock_openai
-from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite, plugin_runner
+from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite
 
 
 def _plugin() -> RuntimePlugin:
@@ -39,12 +39,10 @@ def _plugin() -> RuntimePlugin:
 def runner_contract() -> ContractAdapter:
     # a LiteLLM proxy speaks OpenAI's wire, so the mock OpenAI server stands in for it
     return ContractAdapter(
-        provider="litellm",
+        plugin=_plugin(),
+        runtime_config=lambda server: {"base_url": f"{server.url}/v1", "api_key": "sk-litellm"},
         model="litellm/claude-sonnet",
         serve=mock_openai,
-        make_runner=plugin_runner(
-            _plugin(), lambda server: {"base_url": f"{server.url}/v1", "api_key": "sk-litellm"}
-        ),
         frames_before_text=1,  # the role chunk
         input_tokens=4,
     )

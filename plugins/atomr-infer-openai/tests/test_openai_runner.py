@@ -35,7 +35,7 @@ from atomr_infer_core.errors import (
 from atomr_infer_openai import OpenAIConfig, OpenAIRunner
 from atomr_infer_openai._plugin import register_runtimes
 from atomr_infer_testkit import MockOpenAIServer, mock_openai
-from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite, plugin_runner
+from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite
 
 
 def _plugin() -> RuntimePlugin:
@@ -65,12 +65,10 @@ async def _runner(
 @pytest.fixture
 def runner_contract() -> ContractAdapter:
     return ContractAdapter(
-        provider="openai",
+        plugin=_plugin(),
+        runtime_config=lambda server: {"base_url": f"{server.url}/v1", "api_key": "sk-mock"},
         model="gpt-4o-mini",
         serve=mock_openai,
-        make_runner=plugin_runner(
-            _plugin(), lambda server: {"base_url": f"{server.url}/v1", "api_key": "sk-mock"}
-        ),
         frames_before_text=1,  # the role chunk
         input_tokens=4,
     )

@@ -6,7 +6,10 @@ a 429 with ``Retry-After`` is retried after exactly that delay, a 5xx is retried
 backoff and opens the breaker, a 401 rebuilds the session with a fresh credential, a
 stream dropped or broken after output raises a typed error without repeating text,
 leaving a stream closes the upstream response, usage is reported, tool calls arrive in
-OpenAI's shape. A plugin's own tests keep only what is specific to its wire.
+OpenAI's shape; and behind a real Cluster and gateway a context overflow is a 400, a 429
+past the deadline keeps its ``Retry-After``, a dropped stream ends with an error event, a
+client that disconnects closes the upstream. A plugin's own tests keep only what is
+specific to its wire.
 
 A plugin runs the suite with a fixture named ``runner_contract`` that returns its
 :class:`ContractAdapter`, and a test class that inherits :class:`RunnerContractSuite`::
@@ -14,17 +17,15 @@ A plugin runs the suite with a fixture named ``runner_contract`` that returns it
     import pytest
     from atomr_infer_anthropic import PLUGIN
     from atomr_infer_testkit import mock_anthropic
-    from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite, plugin_runner
+    from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite
 
     @pytest.fixture
     def runner_contract() -> ContractAdapter:
         return ContractAdapter(
-            provider="anthropic",
             model="claude-sonnet-4-5-20250929",
             serve=mock_anthropic,
-            make_runner=plugin_runner(
-                PLUGIN, lambda server: {"base_url": f"{server.url}/v1", "api_key": "k"}
-            ),
+            plugin=PLUGIN,
+            runtime_config=lambda server: {"base_url": f"{server.url}/v1", "api_key": "k"},
             frames_before_text=3,
             input_tokens=4,
         )
@@ -43,6 +44,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import attrs
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -78,7 +80,6 @@ __all__ = [
     "RunnerContractSuite",
     "Scenario",
     "collect",
-    "plugin_runner",
 ]
 
 #: what the mock servers answer to the contract's prompt, as the stream's text deltas
@@ -89,46 +90,36 @@ TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"typ
 MakeRunner = Callable[[MockProviderServer, Deployment, RunnerContext], EngineRunner]
 
 
-def plugin_runner(
-    plugin: RuntimePlugin, runtime_config: Callable[[MockProviderServer], Mapping[str, Any]]
-) -> MakeRunner:
-    """A ``make_runner`` that builds the runner as the cluster does: the plugin structures
-    ``runtime_config(server)`` (a deployment's ``[runtime_config]`` table) and creates it."""
-
-    def make(server: MockProviderServer, deployment: Deployment, context: RunnerContext) -> Any:
-        config = plugin.structure_config(dict(runtime_config(server)))
-        return plugin.create(deployment, config, context)
-
-    return make
-
-
 @attrs.frozen(kw_only=True)
 class ContractAdapter:
     """What the contract needs to know of one provider plugin.
 
     Attributes:
-        provider: the provider's name (used for the breaker's labels).
+        plugin: the plugin's ``RuntimePlugin``.
+        runtime_config: a deployment's ``[runtime_config]`` table pointed at ``server``
+            (``{"base_url": f"{server.url}/v1", "api_key": "k"}``); the runner is built as
+            the cluster builds it, by ``plugin.structure_config`` and ``plugin.create``.
         model: a model id the plugin serves.
-        serve: opens the provider's mock server (``mock_openai``, ``mock_anthropic``, …).
-        make_runner: builds the plugin's runner (not started) for ``deployment``, pointed
-            at ``server``, with ``context`` (its services carry the limiter, the breaker
-            and, for the 401 scenario, the credentials); :func:`plugin_runner` builds one
-            from the plugin and a ``[runtime_config]`` table.
+        serve: opens the provider's mock server (``mock_openai``, ``mock_anthropic``, …);
+            keyword arguments such as ``context_window`` go to the mock.
         frames_before_text: how many stream frames the mock sends before the one that
             carries the first text delta (OpenAI's role chunk, Anthropic's
             ``message_start``, ``content_block_start`` and ``ping``, …).
         input_tokens: the input tokens the mock counts for the contract's prompt (a system
             message "Be brief." and a user message "hello world").
         tools_stream: whether the provider's stream carries tool calls the mock can send.
+        make_runner: only for a plugin's own tests of a config that is not a table (a
+            config object built in the test): builds the runner instead of the plugin.
     """
 
-    provider: str
+    plugin: RuntimePlugin
+    runtime_config: Callable[[MockProviderServer], Mapping[str, Any]]
     model: str
-    serve: Callable[[], AbstractAsyncContextManager[MockProviderServer]]
-    make_runner: MakeRunner
+    serve: Callable[..., AbstractAsyncContextManager[MockProviderServer]]
     frames_before_text: int
     input_tokens: int
     tools_stream: bool = True
+    make_runner: MakeRunner | None = None
 
     def deployment(self, **kw: Any) -> Deployment:
         kw.setdefault(
@@ -150,13 +141,39 @@ class ContractAdapter:
         dep = deployment or self.deployment()
         services.setdefault("limiter", RateLimiter(dep.rate_limits, name=dep.name))
         services.setdefault(
-            "breaker", CircuitBreaker(dep.circuit_breaker, name=dep.name, provider=self.provider)
+            "breaker",
+            CircuitBreaker(dep.circuit_breaker, name=dep.name, provider=self.plugin.name),
         )
-        runner = self.make_runner(server, dep, RunnerContext(services=services))
+        context = RunnerContext(services=services)
+        if self.make_runner is not None:
+            runner = self.make_runner(server, dep, context)
+        else:
+            config = self.plugin.structure_config(dict(self.runtime_config(server)))
+            runner = self.plugin.create(dep, config, context)
         async with trio.open_nursery() as nursery:
             await nursery.start(runner.run)
             yield runner
             nursery.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def gateway(self, server: MockProviderServer) -> AsyncIterator[httpx.AsyncClient]:
+        """The plugin behind a real Cluster and gateway (one deployment named ``contract``)
+        pointed at ``server``, and an HTTP client for the gateway."""
+        # imported here: only the gateway scenarios need the runtime layer
+        from atomr_infer_core.config import load_config
+        from atomr_infer_runtimes import open_cluster
+        from atomr_infer_runtimes.gateway import open_gateway
+
+        deployment = {
+            "name": "contract",
+            "model": self.model,
+            "runtime_config": dict(self.runtime_config(server)),
+            "retry": {"jitter": "none"},
+        }
+        config = load_config({"cluster": {"bind": "127.0.0.1:0"}, "deployment": [deployment]})
+        async with open_cluster(config, plugins=[self.plugin], load_entry_points=False) as cluster:
+            async with open_gateway(cluster) as url, httpx.AsyncClient(base_url=url) as http:
+                yield http
 
 
 @attrs.frozen
@@ -349,6 +366,59 @@ async def cancelled_caller_closes_the_upstream(adapter: ContractAdapter) -> None
     assert tokens.text == "Echo: hello world"
 
 
+def _sse_payloads(text: str) -> list[Any]:
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+
+
+def _chat_request(*, stream: bool = False) -> dict[str, Any]:
+    messages = [{"role": "user", "content": "hello big world"}]
+    return {"model": "contract", "messages": messages, "stream": stream}
+
+
+async def gateway_context_length_is_400(adapter: ContractAdapter) -> None:
+    async with adapter.serve(context_window=1) as server, adapter.gateway(server) as http:
+        resp = await http.post("/v1/chat/completions", json=_chat_request())
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "context_length_exceeded"
+    assert len(server.requests) == 1
+
+
+async def gateway_rate_limit_past_the_deadline_is_429(adapter: ContractAdapter) -> None:
+    async with adapter.serve() as server, adapter.gateway(server) as http:
+        server.inject_status(429, retry_after=120)
+        resp = await http.post("/v1/chat/completions", json=_chat_request())
+    assert resp.status_code == 429
+    assert resp.headers["retry-after"] == "120"
+    assert len(server.requests) == 1
+
+
+async def gateway_drop_ends_the_stream_with_an_error_event(adapter: ContractAdapter) -> None:
+    async with adapter.serve() as server, adapter.gateway(server) as http:
+        server.drop_after(adapter.frames_before_text + 2)
+        resp = await http.post("/v1/chat/completions", json=_chat_request(stream=True))
+    payloads = _sse_payloads(resp.text)
+    text = "".join(
+        p["choices"][0]["delta"].get("content") or "" for p in payloads if p.get("choices")
+    )
+    assert text == "Echo: hello"  # no text repeated by a retry
+    assert "error" in payloads[-1]
+    assert "[DONE]" not in resp.text
+    assert len(server.requests) == 1
+
+
+async def gateway_client_disconnect_closes_the_upstream(adapter: ContractAdapter) -> None:
+    async with adapter.serve() as server, adapter.gateway(server) as http:
+        server.stall_after(adapter.frames_before_text + 1)
+        request = _chat_request(stream=True)
+        async with http.stream("POST", "/v1/chat/completions", json=request) as resp:
+            async for part in resp.aiter_text():
+                if "Echo:" in part:
+                    break
+        with trio.fail_after(5):
+            await server.wait_for_aborted_streams(1)
+    assert server.aborted_streams == 1
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("usage", usage_json_and_stream),
     Scenario("tools", tool_calls),
@@ -362,6 +432,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("malformed-event", malformed_event_is_a_malformed_stream_error),
     Scenario("leave-stream", leaving_the_stream_closes_the_upstream),
     Scenario("cancel", cancelled_caller_closes_the_upstream),
+    Scenario("gateway-context-length", gateway_context_length_is_400),
+    Scenario("gateway-429-past-deadline", gateway_rate_limit_past_the_deadline_is_429),
+    Scenario("gateway-drop", gateway_drop_ends_the_stream_with_an_error_event),
+    Scenario("gateway-disconnect", gateway_client_disconnect_closes_the_upstream),
 )
 
 _TIMED = [s for s in SCENARIOS if s.timed]
