@@ -255,7 +255,7 @@ class RateLimiter:
             if delta < 0:
                 # a spend that already left the window has nothing left to refund
                 if now - permit.granted_at < WINDOW_S:
-                    self._tpm.give_back(-delta, now)
+                    self._tpm.give_back(-delta, now, spent_at=permit.granted_at)
             elif delta > 0:
                 self._tpm.debit(delta, now)
         self._notify()

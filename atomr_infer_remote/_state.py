@@ -24,6 +24,7 @@ from ._limiter import RateLimiter
 __all__ = [
     "MemorySpendWindow",
     "MemoryStateBackend",
+    "SpendLog",
     "SpendWindow",
     "StateBackend",
     "open_state_backend",
@@ -38,8 +39,10 @@ class SpendWindow(Protocol):
         """Add ``amount`` if the window's total stays within ``limit``; else change nothing."""
         ...
 
-    async def adjust(self, delta: float, *, now: float) -> None:
-        """Settle: add real cost minus the reservation (negative releases spend)."""
+    async def adjust(self, delta: float, *, now: float, reserved_at: float) -> None:
+        """Settle the reservation made at ``reserved_at``: add real cost minus the
+        reservation. A negative ``delta`` releases spend from that reservation only
+        (never from anyone else's); a positive one is new spend at ``now``."""
         ...
 
     async def total(self, *, window_s: float, now: float) -> float: ...
@@ -69,12 +72,18 @@ class StateBackend(Protocol):
     def window(self, key: str) -> SpendWindow: ...
 
 
-class MemorySpendWindow:
-    """In-process :class:`SpendWindow`. Entries older than the longest window asked
-    about are dropped; a negative adjustment cancels the newest spend first."""
+class SpendLog:
+    """Sans-IO spend over rolling windows: ``[time, amount]`` entries, oldest first.
+
+    Entries older than the longest window asked about are dropped. A refund comes out
+    of the entry of the reservation it settles, so a released reservation never makes
+    room that an older, still-running one occupies.
+    """
+
+    __slots__ = ("_horizon", "_spent")
 
     def __init__(self) -> None:
-        self._spent: deque[list[float]] = deque()  # [time, amount], oldest first
+        self._spent: deque[list[float]] = deque()
         self._horizon = 0.0  # the longest window_s seen
 
     def _expire(self, window_s: float, now: float) -> None:
@@ -83,46 +92,44 @@ class MemorySpendWindow:
         while spent and spent[0][0] + self._horizon <= now:
             spent.popleft()
 
-    def _total(self, window_s: float, now: float) -> float:
+    def total(self, window_s: float, now: float) -> float:
         self._expire(window_s, now)
         return sum(a for t, a in self._spent if t + window_s > now)
 
-    async def reserve(self, amount: float, *, limit: float, window_s: float, now: float) -> bool:
-        await trio.lowlevel.checkpoint()
+    def reserve(self, amount: float, limit: float, window_s: float, now: float) -> bool:
         if amount < 0:
             raise ValueError(f"a reservation must be >= 0 (got {amount})")
-        if self._total(window_s, now) + amount > limit:
+        if self.total(window_s, now) + amount > limit:
             return False
         self._spent.append([now, amount])
         return True
 
-    async def adjust(self, delta: float, *, now: float) -> None:
-        await trio.lowlevel.checkpoint()
+    def adjust(self, delta: float, now: float, reserved_at: float) -> None:
         if delta >= 0:
             if delta:
                 self._spent.append([now, delta])
             return
         refund = -delta
         spent = self._spent
-        while refund > 0 and spent:
-            last = spent[-1]
-            part = min(refund, last[1])
-            last[1] -= part
-            refund -= part
-            if last[1] <= 0:
-                spent.pop()
+        for index in range(len(spent) - 1, -1, -1):
+            if refund <= 0:
+                break
+            entry = spent[index]
+            if entry[0] < reserved_at:
+                break
+            if entry[0] == reserved_at:
+                part = min(refund, entry[1])
+                entry[1] -= part
+                refund -= part
+                if entry[1] <= 0:
+                    del spent[index]
 
-    async def total(self, *, window_s: float, now: float) -> float:
-        await trio.lowlevel.checkpoint()
-        return self._total(window_s, now)
-
-    async def earliest_room(
-        self, amount: float, *, limit: float, window_s: float, now: float
+    def earliest_room(
+        self, amount: float, limit: float, window_s: float, now: float
     ) -> float | None:
-        await trio.lowlevel.checkpoint()
         if amount > limit:
             return None
-        excess = self._total(window_s, now) + amount - limit
+        excess = self.total(window_s, now) + amount - limit
         if excess <= 0:
             return now
         for at, spent in self._spent:
@@ -132,6 +139,31 @@ class MemorySpendWindow:
             if excess <= 1e-12:
                 return at + window_s
         return math.inf  # unreachable but for float drift
+
+
+class MemorySpendWindow:
+    """In-process :class:`SpendWindow` over a :class:`SpendLog`."""
+
+    def __init__(self) -> None:
+        self.log = SpendLog()
+
+    async def reserve(self, amount: float, *, limit: float, window_s: float, now: float) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self.log.reserve(amount, limit, window_s, now)
+
+    async def adjust(self, delta: float, *, now: float, reserved_at: float) -> None:
+        await trio.lowlevel.checkpoint()
+        self.log.adjust(delta, now, reserved_at)
+
+    async def total(self, *, window_s: float, now: float) -> float:
+        await trio.lowlevel.checkpoint()
+        return self.log.total(window_s, now)
+
+    async def earliest_room(
+        self, amount: float, *, limit: float, window_s: float, now: float
+    ) -> float | None:
+        await trio.lowlevel.checkpoint()
+        return self.log.earliest_room(amount, limit, window_s, now)
 
 
 class MemoryStateBackend:

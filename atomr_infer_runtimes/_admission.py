@@ -3,8 +3,8 @@
 - budget: reserve the worst-case cost (see ``_budget``);
 - rate limit: the first attempt's permit from the deployment's ``RateLimiter``
   (one request plus the estimated tokens; the remote engine takes one per retry);
-- capacity: a slot of ``serving.max_concurrent`` per serving replica (halved while a
-  ``throttle`` budget is exceeded). When none is free, ``on_capacity_exhausted`` says:
+- capacity: one of the deployment's ``serving.max_concurrent`` slots, shared by all its
+  replicas (none while no replica serves; halved while a ``throttle`` budget is exceeded). When none is free, ``on_capacity_exhausted`` says:
   ``reject`` fails now, ``queue`` waits (priority, then FIFO; at most
   ``serving.max_queued`` waiters) until the request's deadline, ``fallback`` fails with
   CapacityExhaustedError so the cluster moves to the next deployment.
@@ -128,8 +128,11 @@ class Admission:
         budget.on_throttle_change = lambda _over: self.refresh_capacity()
 
     def refresh_capacity(self) -> None:
-        """Recompute the slot count from serving replicas and the throttle."""
-        slots = self.deployment.serving.max_concurrent * self._serving_replicas()
+        """Recompute the slot count from serving replicas and the throttle.
+
+        ``max_concurrent`` holds for the deployment as a whole: replicas share it (the
+        router spreads the slots over them by least outstanding)."""
+        slots = self.deployment.serving.max_concurrent if self._serving_replicas() else 0
         if self.budget.throttled and slots > 0:
             slots = max(1, slots // 2)
         self.capacity.set_limit(slots)

@@ -164,6 +164,9 @@ class Execution:
         self._entered = False
         #: the current attempt reached a runner (a non-idempotent one must not be re-sent)
         self._dispatched = False
+        #: output received from the runner so far (charged when no usage arrives)
+        self._produced_chunks = 0
+        self._produced_chars = 0
 
     # -- entering: route, admit, dispatch, first chunk ------------------------------
 
@@ -240,6 +243,7 @@ class Execution:
         self._attempt = attempt
         self._phase = "queue"
         self._dispatched = False
+        self._produced_chunks = self._produced_chars = 0
         stack.enter_context(attempt.scope)
         runtime.attempts.add(attempt)
         stack.callback(self._cluster._attempt_done, runtime, attempt)
@@ -267,6 +271,8 @@ class Execution:
             self._log.debug("dispatched to replica %d", replica.index)
             iterator = await stack.enter_async_context(replica.runner.execute(batch))
             first = await _first_chunk(iterator)
+            if first is not None:
+                self._produced(first)
         except BaseException as exc:
             error = self._attempt_error(attempt, exc, deadline)
             if error is None:
@@ -329,11 +335,28 @@ class Execution:
             await runtime.wait_changed()
 
     async def _release(self, runtime: DeploymentRuntime, ticket: Ticket) -> None:
+        usage = self.usage or self._usage_so_far()
         with trio.CancelScope(shield=True):
-            cost = await runtime.admission.release(ticket, self.usage)
-        if cost is None and self.usage is not None:
-            cost = runtime.budget.cost(self.usage)
+            cost = await runtime.admission.release(ticket, usage)
+        if cost is None and usage is not None:
+            cost = runtime.budget.cost(usage)
         self.cost_usd = cost
+
+    def _produced(self, chunk: TokenChunk) -> None:
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.text_delta or chunk.tool_call_deltas:
+            self._produced_chunks += 1
+            self._produced_chars += len(chunk.text_delta)
+
+    def _usage_so_far(self) -> TokenUsage | None:
+        """What a stream that ended without usage (the client left, the upstream cut it)
+        is charged: the prompt estimate plus the output it produced, never zero; ``None``
+        when no output came at all (the attempt failed before its first chunk)."""
+        if not self._produced_chunks:
+            return None
+        output = max(self._produced_chunks, math.ceil(self._produced_chars / 4))
+        return TokenUsage(input_tokens=self.batch.input_token_estimate(), output_tokens=output)
 
     # -- iterating --------------------------------------------------------------------
 
@@ -359,8 +382,7 @@ class Execution:
                 if error is None:
                     raise
                 raise error from None
-        if chunk.usage is not None:
-            self.usage = chunk.usage
+            self._produced(chunk)
         return chunk
 
     def next_nowait(self) -> TokenChunk | None:
@@ -375,8 +397,8 @@ class Execution:
         if take is None:
             return None
         chunk: TokenChunk | None = take()
-        if chunk is not None and chunk.usage is not None:
-            self.usage = chunk.usage
+        if chunk is not None:
+            self._produced(chunk)
         return chunk
 
     def _stream_error(self, exc: BaseException) -> InferenceError | None:
