@@ -171,8 +171,15 @@ def _banner(url: str, config: Any) -> str:
         f'       -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'\n'
         f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='{key}'); "
         f"print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello'}}]).choices[0].message.content)\"\n"
+        f"  {_scope_line(config)}\n"
         "  Ctrl-C (SIGINT) or SIGTERM drains in-flight requests and exits."
     )
+
+
+def _scope_line(config: Any) -> str:
+    if str(getattr(config.state.backend, "value", config.state.backend)) == "redis":
+        return "limits, budgets and breakers: fleet-wide (state.backend = redis)"
+    return "limits, budgets and breakers: per process (state.backend = memory)"
 
 
 async def _serve_async(config: Any, host: str | None, port: int | None) -> None:

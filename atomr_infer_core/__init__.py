@@ -22,7 +22,9 @@ from ._deployment import (
     Serving as Serving,
     StateBackendKind as StateBackendKind,
     StateConfig as StateConfig,
+    StateMode as StateMode,
     Timeouts as Timeouts,
+    UnavailablePolicy as UnavailablePolicy,
 )
 from ._kinds import (
     ProviderKind as ProviderKind,
@@ -119,6 +121,7 @@ __all__ = [
     "SessionRebuildCause",
     "StateBackendKind",
     "StateConfig",
+    "StateMode",
     "StepModel",
     "StopScanner",
     "TextPart",
@@ -128,6 +131,7 @@ __all__ = [
     "Tokens",
     "TokensBuilder",
     "TransportKind",
+    "UnavailablePolicy",
     "advance_sequence",
     "errors",
     "estimate_tokens",

@@ -32,7 +32,9 @@ __all__ = [
     "Serving",
     "StateBackendKind",
     "StateConfig",
+    "StateMode",
     "Timeouts",
+    "UnavailablePolicy",
 ]
 
 #: a duration in seconds; config files also take "250ms", "30s", "5m", "1h" or integer ms
@@ -67,6 +69,20 @@ class BudgetAction(str, enum.Enum):
 class StateBackendKind(str, enum.Enum):
     MEMORY = "memory"
     REDIS = "redis"
+
+
+class StateMode(str, enum.Enum):
+    """How a shared backend enforces limits: one atomic script per operation (strict)."""
+
+    STRICT = "strict"
+    APPROXIMATE = "approximate"
+
+
+class UnavailablePolicy(str, enum.Enum):
+    """What requests do while the shared state backend cannot be reached."""
+
+    FAIL_CLOSED = "fail_closed"
+    FAIL_OPEN = "fail_open"
 
 
 @attrs.frozen(kw_only=True)
@@ -273,6 +289,12 @@ class StateConfig:
     sync_interval: Seconds = attrs.field(default=0.1, validator=_gt0)
     #: prefix of every key in the shared store
     key_prefix: str = "atomr"
+    #: strict: one atomic server-side script per acquire and release
+    mode: StateMode = StateMode.STRICT
+    #: slots and token reservations of a process that died expire after this
+    lease: Seconds = attrs.field(default=30.0, validator=_gt0)
+    #: the backend is unreachable: 503 state_unavailable (closed) or local limits (open)
+    on_unavailable: UnavailablePolicy = UnavailablePolicy.FAIL_CLOSED
 
 
 @attrs.frozen(kw_only=True)

@@ -15,7 +15,13 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
-from atomr_infer_core import CircuitBreakerConfig, RateLimits, StateBackendKind, StateConfig
+from atomr_infer_core import (
+    CircuitBreakerConfig,
+    RateLimits,
+    StateBackendKind,
+    StateConfig,
+    StateMode,
+)
 from atomr_infer_core.errors import ConfigError
 
 from ._breaker import CircuitBreaker
@@ -169,6 +175,9 @@ class MemorySpendWindow:
 class MemoryStateBackend:
     """The embedded default: state shared by the tasks of one process."""
 
+    #: limits hold per process (``fleet`` for a shared backend)
+    scope = "process"
+
     def __init__(self) -> None:
         self._limiters: dict[str, RateLimiter] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -212,18 +221,30 @@ class MemoryStateBackend:
 async def open_state_backend(config: StateConfig) -> AsyncIterator[StateBackend]:
     """The state backend ``config`` asks for, for the lifetime of the block.
 
-    Raises ``ConfigError`` for ``backend = "redis"``, which is not available yet.
+    ``memory``: this process only. ``redis``: shared by every process on the server
+    (see ``_redis``); needs the ``redis`` extra (coredis). ``mode = "approximate"`` is
+    refused with a ``ConfigError``: only ``strict`` is built so far.
     """
     kind = StateBackendKind(config.backend)
     if kind is StateBackendKind.REDIS:
-        raise ConfigError(
-            [
-                (
-                    "state.backend",
-                    'the "redis" state backend is not available yet in this version; '
-                    'use backend = "memory" (state is then per process)',
-                )
-            ]
-        )
+        if StateMode(config.mode) is not StateMode.STRICT:
+            raise ConfigError(
+                [
+                    (
+                        "state.mode",
+                        'only mode = "strict" is available in this version (one atomic '
+                        "script per operation); remove the key or set it to strict",
+                    )
+                ]
+            )
+        try:
+            from ._redis import open_redis_state
+        except ImportError as exc:  # pragma: no cover - the extra is in the lock
+            raise ConfigError(
+                [("state.backend", f"needs coredis: pip install 'atomr-infer-trio[redis]' ({exc})")]
+            ) from None
+        async with open_redis_state(config) as backend:
+            yield backend  # type: ignore[misc]
+        return
     await trio.lowlevel.checkpoint()
     yield MemoryStateBackend()

@@ -90,6 +90,8 @@ class ClusterStatus:
     name: str
     ready: bool
     deployments: tuple[DeploymentStatus, ...]
+    #: where limits hold: ``process`` (memory state) or ``fleet`` (shared, redis)
+    state_scope: str = "process"
 
 
 class _RequestLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -734,6 +736,7 @@ class Cluster:
             name=self.config.cluster.name,
             ready=all(d.state == DeploymentState.SERVING.value for d in deployments),
             deployments=deployments,
+            state_scope=getattr(self.state, "scope", "process"),
         )
 
     def _count_error(self, name: str, exc: InferenceError, *, known: bool = True) -> None:
@@ -741,6 +744,12 @@ class Cluster:
         self.metrics.requests.labels(label, "error", exc.kind).inc()
 
     def _refresh_gauges(self) -> None:
+        stats = getattr(self.state, "stats", None)
+        if stats is not None:
+            self.metrics.state_available.set(1.0 if stats.available else 0.0)
+            counted = self.metrics.sample("atomr_state_unavailable_calls_total") or 0.0
+            if stats.unavailable > counted:
+                self.metrics.state_unavailable.inc(stats.unavailable - counted)
         for name, runtime in self._deployments.items():
             status = runtime.status()
             self.metrics.breaker_state.labels(name).set(

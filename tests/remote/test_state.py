@@ -41,10 +41,9 @@ def test_same_key_with_other_limits_is_a_config_error() -> None:
         state.breaker("b", CircuitBreakerConfig(failure_threshold=1))
 
 
-async def test_redis_backend_is_refused_clearly() -> None:
-    with pytest.raises(ConfigError, match=r"state\.backend: .*redis.* not available yet"):
-        async with open_state_backend(StateConfig(backend="redis")):
-            pass
+async def test_the_memory_backend_is_per_process() -> None:
+    async with open_state_backend(StateConfig()) as state:
+        assert state.scope == "process"
 
 
 async def test_reserve_is_check_and_add_over_a_rolling_window() -> None:
