@@ -153,6 +153,10 @@ class MockProviderServer:
         self.streams_started = 0
         self.streams_completed = 0
         self.aborted_streams = 0
+        #: requests being answered now, and the most there ever were at once
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._in_flight_waiters: list[tuple[int, trio.Event]] = []
         self.required_key: str | None = None
         self._routes: list[_Route] = []
         self._faults: collections.deque[Fault] = collections.deque()
@@ -267,6 +271,22 @@ class MockProviderServer:
         self._abort_waiters.append((count, event))
         await event.wait()
 
+    async def wait_for_in_flight(self, count: int) -> None:
+        """Return once at least ``count`` requests are being answered at the same time."""
+        if self.in_flight >= count:
+            return
+        event = trio.Event()
+        self._in_flight_waiters.append((count, event))
+        await event.wait()
+
+    def _enter_flight(self) -> None:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        for count, event in list(self._in_flight_waiters):
+            if self.in_flight >= count:
+                event.set()
+                self._in_flight_waiters.remove((count, event))
+
     def _note_aborted(self) -> None:
         self.aborted_streams += 1
         for count, event in list(self._abort_waiters):
@@ -290,13 +310,17 @@ class MockProviderServer:
             body=body,
         )
         self.requests.append(request)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-            try:
-                await self._respond(request, send)
-            except _Drop:
-                pass
-            nursery.cancel_scope.cancel()
+        self._enter_flight()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+                try:
+                    await self._respond(request, send)
+                except _Drop:
+                    pass
+                nursery.cancel_scope.cancel()
+        finally:
+            self.in_flight -= 1
 
     async def _respond(self, request: RecordedRequest, send: Any) -> None:
         route = next((r for r in self._routes if r.matches(request.method, request.path)), None)
