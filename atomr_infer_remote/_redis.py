@@ -95,6 +95,8 @@ class RedisStateBackend:
         )
         self.stats = BackendStatistics(scope="fleet")
         self._seq = 0
+        self._pending = 0
+        self._drained = trio.Event()
         #: the breaker being opened from the published state (not to publish it back)
         self._syncing: str | None = None
 
@@ -177,8 +179,15 @@ class RedisStateBackend:
             )
 
     def submit(self, script: str, keys: list[str], args: list[Any]) -> None:
-        """Queue a script for the backend's worker (releases, pauses: never wait)."""
+        """Queue a script for the backend's worker (releases, refunds, pauses: callers
+        never wait for them; each only ever frees capacity late, never too early)."""
+        self._pending += 1
         self._send.send_nowait((script, keys, args))
+
+    async def settled(self) -> None:
+        """Return once every queued script ran (tests; a drain)."""
+        while self._pending:
+            await self._drained.wait()
 
     async def _worker(self) -> None:
         async for script, keys, args in self._receive:
@@ -186,6 +195,11 @@ class RedisStateBackend:
                 await self.call(script, keys, args)
             except StateUnavailableError:
                 pass  # the lease (slots) or the window (tokens, spend) bounds what is lost
+            finally:
+                self._pending -= 1
+                if not self._pending:
+                    self._drained.set()
+                    self._drained = trio.Event()
             if script == "LIMITER_RELEASE":
                 for limiter in self._limiters.values():
                     limiter.wake()
@@ -483,11 +497,13 @@ class RedisSpendWindow:
             await self._local.adjust(delta, now=now, reserved_at=reserved_at)
             if delta < 0:
                 return
+        args = [repr(delta), repr(now), self._window_s or 86400.0, entry, self._backend.new_id()]
+        if delta < 0:  # a refund only frees room late, never too early: don't wait for it
+            self._backend.submit("SPEND_ADJUST", self._keys, args)
+            await trio.lowlevel.checkpoint()
+            return
         try:
-            await self._call(
-                "SPEND_ADJUST",
-                [repr(delta), repr(now), self._window_s or 86400.0, entry, self._backend.new_id()],
-            )
+            await self._call("SPEND_ADJUST", args)
         except StateUnavailableError:
             pass  # the reservation stays whole until the window drops it
 
@@ -541,4 +557,8 @@ async def open_redis_state(
         try:
             yield backend
         finally:
+            # queued releases and refunds go out before the connection closes (bounded:
+            # a dead server cannot hold the shutdown up)
+            with trio.CancelScope(shield=True), trio.move_on_after(2 * _CALL_TIMEOUT):
+                await backend.settled()
             nursery.cancel_scope.cancel()

@@ -129,7 +129,7 @@ async def test_an_early_release_refunds_its_own_tpm_entry_across_processes(redis
         await trio.sleep(0.05)
         await lb.acquire(tokens=50, wait=False)  # B
         first.release(actual_tokens=10)  # refunds 40 of A's own entry
-        await trio.sleep(0.1)  # the release is queued to the backend's worker
+        await a.settled()  # the release is queued to the backend's worker
         await lb.acquire(tokens=40, wait=False)  # C fits in A's refund
         with pytest.raises(RateLimitedError) as info:
             await la.acquire(tokens=1, wait=False)
@@ -143,7 +143,7 @@ async def test_a_429_pause_holds_for_every_process(redis_server) -> None:
     async with backends(redis_server.url) as (a, b):
         limits = RateLimits(requests_per_minute=100)
         a.limiter("limits:chat", limits).pause_until(trio.current_time() + 30)
-        await trio.sleep(0.1)
+        await a.settled()
         with pytest.raises(RateLimitedError) as info:
             await b.limiter("limits:chat", limits).acquire(wait=False)
         assert 29 < info.value.retry_after <= 30
@@ -172,6 +172,7 @@ async def test_a_settle_changes_its_own_reservation_only(redis_server) -> None:
         assert await wa.reserve(50.0, limit=100.0, window_s=60, now=1000.0)
         assert await wb.reserve(50.0, limit=100.0, window_s=60, now=1030.0)
         await wa.adjust(-50.0, now=1031.0, reserved_at=1000.0)  # A used nothing
+        await a.settled()  # refunds are queued: they only ever free room late
         assert await wa.reserve(50.0, limit=100.0, window_s=60, now=1032.0)
         # B (1030) and C (1032) hold the window: no room before B leaves at 1090
         assert not await wb.reserve(50.0, limit=100.0, window_s=60, now=1060.5)
