@@ -22,7 +22,12 @@ from atomr_infer_core import (
     Serving,
     StateConfig,
 )
-from atomr_infer_core.errors import BudgetExceededError, RateLimitedError, StateUnavailableError
+from atomr_infer_core.errors import (
+    BudgetExceededError,
+    CapacityExhaustedError,
+    RateLimitedError,
+    StateUnavailableError,
+)
 from atomr_infer_runtimes import open_cluster
 
 PROMPT = "x" * 40  # 10 input tokens by the estimate
@@ -73,6 +78,47 @@ async def test_concurrency_cap_holds_across_three_processes(
             for i in range(24):
                 nursery.start_soon(ask, fleet[i % 3])
         assert peak == 4
+
+
+async def test_max_concurrent_holds_across_processes(
+    redis_server, mock_plugin, mock_deployment
+) -> None:
+    dep = mock_deployment(
+        "chat",
+        serving=Serving(max_concurrent=2, on_capacity_exhausted=CapacityPolicy.QUEUE),
+        config={"chunks": ["a", "b"], "chunk_delay": "20ms"},
+    )
+    async with clusters(fleet_config(redis_server.url, dep), mock_plugin, 3) as fleet:
+        in_flight = peak = 0
+
+        async def ask(cluster: Any) -> None:
+            nonlocal in_flight, peak
+            async with cluster.stream("chat", prompt="q", timeout=20) as chunks:
+                in_flight += 1
+                peak = max(peak, in_flight)
+                async for _ in chunks:
+                    pass
+                in_flight -= 1
+
+        async with trio.open_nursery() as nursery:
+            for i in range(12):
+                nursery.start_soon(ask, fleet[i % 3])
+        assert peak == 2
+
+
+async def test_max_concurrent_rejects_across_processes(
+    redis_server, mock_plugin, mock_deployment
+) -> None:
+    dep = mock_deployment(
+        "chat",
+        serving=Serving(max_concurrent=1, on_capacity_exhausted=CapacityPolicy.REJECT),
+        config={"chunk_delay": "200ms"},
+    )
+    async with clusters(fleet_config(redis_server.url, dep), mock_plugin, 2) as (a, b):
+        async with a.stream("chat", prompt="q") as chunks:
+            await chunks.__anext__()
+            with pytest.raises(CapacityExhaustedError, match="at capacity across the fleet"):
+                await b.complete("chat", prompt="q")
 
 
 async def test_rpm_holds_across_processes(redis_server, mock_plugin, mock_deployment) -> None:
