@@ -69,6 +69,9 @@ def _build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a running gateway's deployments")
     status.add_argument("--url", default="http://127.0.0.1:8080")
     status.add_argument("--api-key", default=os.environ.get("ATOMR_API_KEY"))
+    report = sub.add_parser("cost-report", help="spend per deployment per hour or day")
+    report.add_argument("--config", required=True)
+    report.add_argument("--by", choices=["hour", "day"], default="day")
     sub.add_parser("demo", help="remote-only demo against the testkit's mock OpenAI server")
     export = sub.add_parser("export-onnx", help="export a Hugging Face model to ONNX")
     export.add_argument("model")
@@ -348,6 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "status":
         return _status(args.url, args.api_key)
+    if args.command == "cost-report":
+        from ._cost_report import cost_report
+
+        return cost_report(args.config, args.by)
     if args.command == "demo":
         from atomr_infer._demo import run_demo
 

@@ -295,6 +295,9 @@ class StateConfig:
     lease: Seconds = attrs.field(default=30.0, validator=_gt0)
     #: the backend is unreachable: 503 state_unavailable (closed) or local limits (open)
     on_unavailable: UnavailablePolicy = UnavailablePolicy.FAIL_CLOSED
+    #: memory backend: a SQLite file that keeps spend across restarts (relative to the
+    #: config file); none: spend lives in memory only
+    spend_ledger: str | None = None
 
 
 @attrs.frozen(kw_only=True)

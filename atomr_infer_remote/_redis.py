@@ -46,10 +46,19 @@ from ._breaker import CircuitBreaker
 from ._limiter import WINDOW_S, RateLimiter, RateLimiterStatistics, check_fits
 from ._state import MemorySpendWindow
 
-__all__ = ["RedisPermit", "RedisRateLimiter", "RedisSpendWindow", "RedisStateBackend"]
+__all__ = [
+    "COST_HISTORY_S",
+    "RedisPermit",
+    "RedisRateLimiter",
+    "RedisSpendWindow",
+    "RedisStateBackend",
+    "read_costs",
+]
 
 log = logging.getLogger("atomr_infer.state")
 
+#: how long the hourly spend of a deployment is kept for ``cost-report``
+COST_HISTORY_S = 90 * 86400
 #: longest wait for one script before the server counts as unavailable
 _CALL_TIMEOUT = 1.0
 #: how often a waiter re-asks when only a concurrency slot is missing (another
@@ -133,6 +142,12 @@ class RedisStateBackend:
         if found is None:
             found = self._windows[key] = RedisSpendWindow(self, key)
         return found
+
+    def record_cost(self, deployment: str, at: float, amount: float) -> None:
+        """Add to the deployment's spend of the hour holding ``at`` (``cost-report``)."""
+        hour_end = (math.floor(at / 3600.0) + 1) * 3600
+        args = [hour_end, repr(amount), COST_HISTORY_S]
+        self.submit("COST_RECORD", [self.key("cost", deployment)], args)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -562,3 +577,14 @@ async def open_redis_state(
             with trio.CancelScope(shield=True), trio.move_on_after(2 * _CALL_TIMEOUT):
                 await backend.settled()
             nursery.cancel_scope.cancel()
+
+
+async def read_costs(
+    backend: RedisStateBackend, deployments: list[str]
+) -> dict[str, dict[float, float]]:
+    """Hourly spend per deployment: ``{name: {hour end: usd}}`` (``cost-report``)."""
+    out: dict[str, dict[float, float]] = {}
+    for name in deployments:
+        raw = await backend._client.hgetall(backend.key("cost", name))
+        out[name] = {float(hour): float(usd) for hour, usd in raw.items()}
+    return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "BREAKER_OPEN",
     "BREAKER_READ",
+    "COST_RECORD",
     "LIMITER_ACQUIRE",
     "LIMITER_PAUSE",
     "LIMITER_RELEASE",
@@ -236,3 +237,10 @@ end
 return {tostring(total), tostring(room)}
 """
 )
+
+#: KEYS: cost hash of a deployment; ARGV: hour (end, unix seconds), amount, ttl (s)
+COST_RECORD = """
+redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+"""

@@ -8,6 +8,7 @@ can implement the same protocol later.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +26,11 @@ from atomr_infer_core import (
 from atomr_infer_core.errors import ConfigError
 
 from ._breaker import CircuitBreaker
+from ._ledger import SpendLedger
 from ._limiter import RateLimiter
+
+#: the longest budget window (a day): older spend is never asked about
+_LONGEST_WINDOW = 86400.0
 
 __all__ = [
     "MemorySpendWindow",
@@ -110,11 +115,12 @@ class SpendLog:
         self._spent.append([now, amount])
         return True
 
-    def adjust(self, delta: float, now: float, reserved_at: float) -> None:
+    def adjust(self, delta: float, now: float, reserved_at: float) -> float:
+        """Settle; returns what changed (a refund is capped by what the entry holds)."""
         if delta >= 0:
             if delta:
                 self._spent.append([now, delta])
-            return
+            return delta
         refund = -delta
         spent = self._spent
         for index in range(len(spent) - 1, -1, -1):
@@ -129,6 +135,11 @@ class SpendLog:
                 refund -= part
                 if entry[1] <= 0:
                     del spent[index]
+        return delta + refund
+
+    def load(self, entries: list[tuple[float, float]]) -> None:
+        """Add spend from before a restart (``(time, amount)``, oldest first)."""
+        self._spent.extendleft(reversed([[t, a] for t, a in entries]))
 
     def earliest_room(
         self, amount: float, limit: float, window_s: float, now: float
@@ -148,27 +159,45 @@ class SpendLog:
 
 
 class MemorySpendWindow:
-    """In-process :class:`SpendWindow` over a :class:`SpendLog`."""
+    """In-process :class:`SpendWindow` over a :class:`SpendLog`; with a ledger, what
+    it spent is also written there, and read back by the next process."""
 
-    def __init__(self) -> None:
+    def __init__(self, ledger: SpendLedger | None = None, key: str = "") -> None:
         self.log = SpendLog()
+        self._ledger = ledger
+        self._key = key
+        self._loaded = ledger is None
+
+    def _restore(self, now: float) -> None:
+        if not self._loaded and self._ledger is not None:
+            self._loaded = True
+            self.log.load(self._ledger.load(self._key, since=now - _LONGEST_WINDOW))
 
     async def reserve(self, amount: float, *, limit: float, window_s: float, now: float) -> bool:
         await trio.lowlevel.checkpoint()
-        return self.log.reserve(amount, limit, window_s, now)
+        self._restore(now)
+        taken = self.log.reserve(amount, limit, window_s, now)
+        if taken and self._ledger is not None:
+            self._ledger.record(self._key, now, amount)
+        return taken
 
     async def adjust(self, delta: float, *, now: float, reserved_at: float) -> None:
         await trio.lowlevel.checkpoint()
-        self.log.adjust(delta, now, reserved_at)
+        self._restore(now)
+        changed = self.log.adjust(delta, now, reserved_at)
+        if self._ledger is not None:
+            self._ledger.record(self._key, reserved_at if changed < 0 else now, changed)
 
     async def total(self, *, window_s: float, now: float) -> float:
         await trio.lowlevel.checkpoint()
+        self._restore(now)
         return self.log.total(window_s, now)
 
     async def earliest_room(
         self, amount: float, *, limit: float, window_s: float, now: float
     ) -> float | None:
         await trio.lowlevel.checkpoint()
+        self._restore(now)
         return self.log.earliest_room(amount, limit, window_s, now)
 
 
@@ -178,7 +207,8 @@ class MemoryStateBackend:
     #: limits hold per process (``fleet`` for a shared backend)
     scope = "process"
 
-    def __init__(self) -> None:
+    def __init__(self, ledger: SpendLedger | None = None) -> None:
+        self.ledger = ledger
         self._limiters: dict[str, RateLimiter] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._windows: dict[str, MemorySpendWindow] = {}
@@ -213,8 +243,13 @@ class MemoryStateBackend:
     def window(self, key: str) -> MemorySpendWindow:
         found = self._windows.get(key)
         if found is None:
-            found = self._windows[key] = MemorySpendWindow()
+            found = self._windows[key] = MemorySpendWindow(self.ledger, key)
         return found
+
+    def record_cost(self, deployment: str, at: float, amount: float) -> None:
+        """Note spend of ``deployment`` for the cost report (kept only with a ledger)."""
+        if self.ledger is not None:
+            self.ledger.record(f"cost:{deployment}", at, amount)
 
 
 @asynccontextmanager
@@ -246,5 +281,24 @@ async def open_state_backend(config: StateConfig) -> AsyncIterator[StateBackend]
         async with open_redis_state(config) as backend:
             yield backend  # type: ignore[misc]
         return
-    await trio.lowlevel.checkpoint()
-    yield MemoryStateBackend()
+    if not config.spend_ledger:
+        await trio.lowlevel.checkpoint()
+        yield MemoryStateBackend()
+        return
+    ledger = SpendLedger(config.spend_ledger)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_flush_every_second, ledger)
+            try:
+                yield MemoryStateBackend(ledger)
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        ledger.close()
+
+
+async def _flush_every_second(ledger: SpendLedger) -> None:
+    while True:
+        await trio.sleep(1.0)
+        ledger.flush()
+        ledger.prune("budget:", time.time() - 2 * _LONGEST_WINDOW)

@@ -125,6 +125,8 @@ class BudgetGuard:
         self.throttled = False
         self.on_throttle_change: Callable[[bool], None] | None = None
         self._local = {"hour": _RollingSum(HOUR), "day": _RollingSum(DAY)}
+        #: the backend's cost record (``cost-report``), when it keeps one
+        self._record_cost = getattr(state, "record_cost", None)
         windows: list[_Window] = []
         if self.budget is not None and price is not None:
             limits = (
@@ -203,6 +205,8 @@ class BudgetGuard:
         delta = (cost or 0.0) - reservation.amount
         now = self._clock()
         self._account(delta, now)
+        if cost and self._record_cost is not None:
+            self._record_cost(self.deployment, now, cost)
         if reservation.windows:
             with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
                 for window in reservation.windows:

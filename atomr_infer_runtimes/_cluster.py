@@ -810,8 +810,9 @@ def _coerce_config(config: Config | str | os.PathLike[str] | Sequence[Deployment
 
 
 def _default_clock(config: Config) -> Callable[[], float]:
-    # Spend windows shared through Redis need a clock every process agrees on.
-    if config.state.backend is StateBackendKind.REDIS:
+    # Spend shared through Redis, or kept in a ledger across restarts, needs a clock
+    # every process (and the next one) agrees on.
+    if config.state.backend is StateBackendKind.REDIS or config.state.spend_ledger:
         return time.time
     return trio.current_time
 

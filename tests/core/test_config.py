@@ -159,7 +159,7 @@ def test_unknown_key_suggests_the_closest() -> None:
 def test_unknown_key_without_a_close_match_lists_the_valid_ones() -> None:
     assert errors_of({"state": {"zzz": 1}}) == [
         "state.zzz: unknown key; valid keys: backend, url, sync_interval, key_prefix, mode, "
-        "lease, on_unavailable"
+        "lease, on_unavailable, spend_ledger"
     ]
 
 
