@@ -168,7 +168,7 @@ class RedisStateBackend:
         try:
             with trio.fail_after(_CALL_TIMEOUT):
                 result = await self._scripts[script](keys=keys, args=[str(a) for a in args])
-        except (OSError, trio.TooSlowError, _redis_errors()) as exc:
+        except (OSError, trio.TooSlowError, *_redis_errors()) as exc:
             self._unavailable(exc)
             raise StateUnavailableError(
                 "the shared state backend (redis) cannot be reached, so limits and budgets "
@@ -269,10 +269,11 @@ class RedisStateBackend:
             nursery.start_soon(self._sync_breakers)
 
 
-def _redis_errors() -> type[BaseException]:
-    from coredis.exceptions import ConnectionError as RedisConnectionError
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    """What counts as "unreachable": no connection, still loading, a read-only replica."""
+    from coredis.exceptions import ConnectionError as RedisConnectionError, ReadOnlyError
 
-    return RedisConnectionError
+    return (RedisConnectionError, ReadOnlyError)
 
 
 class RedisPermit:
@@ -433,10 +434,12 @@ class RedisRateLimiter:
             permit.local.release(actual_tokens)
             return
         self._held.pop(permit.id, None)
+        # without a TPM limit there is no token entry to correct
+        actual = actual_tokens if self.limits.tokens_per_minute is not None else None
         self._backend.submit(
             "LIMITER_RELEASE",
             [self.keys[2], self.keys[3], self.keys[4]],
-            [permit.id, permit.tokens, -1 if actual_tokens is None else actual_tokens, WINDOW_S],
+            [permit.id, permit.tokens, -1 if actual is None else actual, WINDOW_S],
         )
 
     def acquire_nowait(self, *, requests: int = 1, tokens: int = 0) -> RedisPermit:
@@ -510,8 +513,10 @@ class RedisSpendWindow:
             del self._mine[reserved_at]
         if not entry:  # reserved locally under fail_open (or never reserved here)
             await self._local.adjust(delta, now=now, reserved_at=reserved_at)
-            if delta < 0:
-                return
+            return
+        if delta == 0:
+            await trio.lowlevel.checkpoint()
+            return
         args = [repr(delta), repr(now), self._window_s or 86400.0, entry, self._backend.new_id()]
         if delta < 0:  # a refund only frees room late, never too early: don't wait for it
             self._backend.submit("SPEND_ADJUST", self._keys, args)

@@ -140,7 +140,7 @@ async def test_slots_of_a_killed_process_come_back_within_the_lease(
                 waited = trio.current_time() - killed_at
         assert reply.status_code == 200
         # the slots stayed taken until their lease ran out (renewed every lease / 3)
-        assert 1.5 * 2 / 3 - 0.2 <= waited <= 1.5 + 0.5
+        assert 1.5 * 2 / 3 - 0.2 <= waited <= 1.5 + 1.5  # the lease, plus a loaded machine
 
 
 async def test_a_breaker_opened_through_one_process_is_open_in_the_others(
@@ -154,7 +154,7 @@ async def test_a_breaker_opened_through_one_process_is_open_in_the_others(
             async with httpx.AsyncClient(timeout=30) as http:
                 first = await http.post(f"{fleet[0][1]}/v1/chat/completions", json=chat())
                 assert first.status_code == 502
-                await trio.sleep(0.5)  # ten sync intervals
+                await trio.sleep(1.5)  # thirty sync intervals, for a loaded machine
                 for _, url in fleet[1:]:
                     reply = await http.post(f"{url}/v1/chat/completions", json=chat())
                     assert reply.status_code == 503

@@ -103,21 +103,21 @@ async def test_concurrency_slots_hold_across_processes_and_come_back_on_release(
             await trio.sleep(0.2)
             assert not waited_for
             one.release()  # another process's release frees the slot for b's waiter
-        assert 0.2 <= waited_for[0] < 1.0
+        assert 0.2 <= waited_for[0] < 2.0
         two.release()
 
 
 async def test_slots_of_a_process_that_died_come_back_within_the_lease(redis_server) -> None:
     limits = RateLimits(concurrent_requests=1)
-    async with backends(redis_server.url, 1, lease=0.3) as [survivor]:
-        async with backends(redis_server.url, 1, lease=0.3) as [doomed]:
+    async with backends(redis_server.url, 1, lease=1.0) as [survivor]:
+        async with backends(redis_server.url, 1, lease=1.0) as [doomed]:
             await doomed.limiter("limits:chat", limits).acquire(wait=False)  # never released
-            await trio.sleep(0.5)  # it lives: it renews its lease every lease / 3
+            await trio.sleep(1.5)  # it lives: it renews its lease every lease / 3
             with pytest.raises(RateLimitedError):
                 await survivor.limiter("limits:chat", limits).acquire(wait=False)
         start = trio.current_time()  # the holder is gone, its lease runs out
-        permit = await survivor.limiter("limits:chat", limits).acquire(deadline=start + 2)
-        assert trio.current_time() - start <= 0.3 + 0.1
+        permit = await survivor.limiter("limits:chat", limits).acquire(deadline=start + 5)
+        assert trio.current_time() - start <= 1.0 + 0.5  # the lease, plus a loaded machine
         permit.release()
 
 
@@ -186,7 +186,7 @@ async def test_a_breaker_opened_in_one_process_is_open_in_the_others(redis_serve
         cfg = CircuitBreakerConfig(failure_threshold=1, open_duration=30.0)
         breakers = [s.breaker("breaker:chat", cfg, provider="openai") for s in states]
         breakers[0].force_open(30.0)
-        await trio.sleep(0.3)
+        await trio.sleep(1.0)  # twenty sync intervals, for a loaded machine
         for breaker in breakers[1:]:
             assert breaker.state == "open"
             with pytest.raises(CircuitOpenError) as info:
