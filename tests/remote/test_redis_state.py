@@ -191,7 +191,7 @@ async def test_a_breaker_opened_in_one_process_is_open_in_the_others(redis_serve
             assert breaker.state == "open"
             with pytest.raises(CircuitOpenError) as info:
                 breaker.check()
-            assert 29 < info.value.retry_after <= 30
+            assert 27 < info.value.retry_after <= 30  # 30 s less the sync wait
 
 
 async def test_unreachable_redis_fails_closed_fast_and_recovers(redis_server) -> None:
