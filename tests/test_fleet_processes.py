@@ -94,7 +94,7 @@ async def test_three_processes_hold_the_concurrency_cap_and_rpm_at_the_upstream(
 ) -> None:
     async with open_mock_server(MockOpenAIServer()) as upstream:
         for _ in range(24):
-            upstream.slow_first_byte(0.2)  # every answer takes 0.2 s: they overlap
+            upstream.slow_first_byte(0.5)  # every answer takes 0.5 s: they overlap
         limits = "[deployment.rate_limits]\nconcurrent_requests = 4\nrequests_per_minute = 18\n"
         toml = fleet_toml(redis_server.url, upstream.url, limits)
         async with gateways(tmp_path, toml, 3, read_banner) as fleet:

@@ -146,7 +146,7 @@ async def test_a_429_pause_holds_for_every_process(redis_server) -> None:
         await a.settled()
         with pytest.raises(RateLimitedError) as info:
             await b.limiter("limits:chat", limits).acquire(wait=False)
-        assert 29 < info.value.retry_after <= 30
+        assert 28 < info.value.retry_after <= 30
 
 
 async def test_spend_reservations_never_overshoot_across_processes(redis_server) -> None:
