@@ -63,6 +63,10 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override [cluster].bind's host")
     serve.add_argument("--port", type=int, help="override [cluster].bind's port (0: any free port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--workers", type=int, default=1, help="gateway processes on one port (needs redis state)"
+    )
+    serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a worker's inherited socket
     sub.add_parser("plugins", help="list installed runtime plugins")
     check = sub.add_parser("check", help="validate a config file and print its deployments")
     check.add_argument("--config", required=True)
@@ -185,7 +189,9 @@ def _scope_line(config: Any) -> str:
     return "limits, budgets and breakers: per process (state.backend = memory)"
 
 
-async def _serve_async(config: Any, host: str | None, port: int | None) -> None:
+async def _serve_async(
+    config: Any, host: str | None, port: int | None, fd: int | None = None
+) -> None:
 
     import trio
 
@@ -212,7 +218,12 @@ async def _serve_async(config: Any, host: str | None, port: int | None) -> None:
 
         async def run_gateway(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             await serve_gateway(
-                cluster, host=host, port=port, shutdown_trigger=stop.wait, task_status=task_status
+                cluster,
+                host=host,
+                port=port,
+                shutdown_trigger=stop.wait,
+                fd=fd,
+                task_status=task_status,
             )
             nursery.cancel_scope.cancel()
 
@@ -254,7 +265,11 @@ def _serve(args: argparse.Namespace) -> int:
             keys=settings.api_keys,
             allow_unauthenticated=settings.allow_unauthenticated,
         )
-        trio.run(_serve_async, config, args.host, args.port)
+        if args.workers != 1:
+            from ._workers import serve_workers
+
+            return serve_workers(args, config)
+        trio.run(_serve_async, config, args.host, args.port, args.fd)
     except ConfigError as exc:
         print(f"atomr-infer serve: {exc}", file=sys.stderr)
         return 1
