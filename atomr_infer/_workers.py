@@ -2,7 +2,8 @@
 
 The parent binds the listening socket once and starts N workers (``serve --fd``) that
 accept on it; the kernel spreads the connections over them. A worker that dies is
-restarted after a second. SIGTERM or SIGINT goes on to every worker, each drains its
+restarted after a second (a supervisor killed with -9 leaves its workers running:
+stop them by their pids). SIGTERM or SIGINT goes on to every worker, each drains its
 in-flight requests (``shutdown_grace``), and the parent exits once all have: 0 when every
 worker exited cleanly. A second signal kills the workers.
 
@@ -113,9 +114,7 @@ async def _keep_running(
 ) -> None:
     first = True
     while True:
-        proc = await trio.lowlevel.open_process(
-            command, stdout=subprocess.PIPE, pass_fds=(fd,), preexec_fn=_die_with_parent
-        )
+        proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, pass_fds=(fd,))
         live[index] = proc
         try:
             async with trio.open_nursery() as nursery:
@@ -167,15 +166,6 @@ async def _read_banner(proc: trio.Process, serving: trio.Event, banner: list[boo
                 banner.append(True)
                 serving.set()
     serving.set()
-
-
-def _die_with_parent() -> None:
-    """In the worker before exec: a SIGTERM when the supervisor dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 async def _watch_signals(stop: trio.Event, live: dict[int, trio.Process]) -> None:

@@ -31,6 +31,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -61,6 +62,9 @@ log = logging.getLogger("atomr_infer.state")
 COST_HISTORY_S = 90 * 86400
 #: longest wait for one script before the server counts as unavailable
 _CALL_TIMEOUT = 1.0
+#: tasks running queued releases and refunds (one would fall behind a busy gateway,
+#: and a release that waits keeps its slot taken)
+_WORKERS = 4
 #: how often a waiter re-asks when only a concurrency slot is missing (another
 #: process's release cannot wake it)
 _SLOT_POLL = 0.05
@@ -233,9 +237,24 @@ class RedisStateBackend:
                     except StateUnavailableError:
                         pass
 
+    async def _sync_pauses(self) -> None:
+        """Unlimited limiters make no round trip: give them the fleet's 429 pauses."""
+        unlimited = [lim for lim in self._limiters.values() if lim.limits.unlimited]
+        if not unlimited:
+            return
+        try:
+            left = await self.call("BREAKER_READ", [lim.keys[5] for lim in unlimited], [])
+        except StateUnavailableError:
+            return
+        now = trio.current_time()
+        for limiter, remaining in zip(unlimited, left, strict=True):
+            if float(remaining) > 0:
+                limiter._local.pause_until(now + float(remaining))
+
     async def _sync_breakers(self) -> None:
         while True:
             await trio.sleep(self.config.sync_interval)
+            await self._sync_pauses()
             if not self._breakers:
                 continue
             names = list(self._breakers)
@@ -264,7 +283,8 @@ class RedisStateBackend:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._worker)
+            for _ in range(_WORKERS):
+                nursery.start_soon(self._worker)
             nursery.start_soon(self._renew_leases)
             nursery.start_soon(self._sync_breakers)
 
@@ -330,6 +350,7 @@ class RedisRateLimiter:
         ]
         self._local = RateLimiter(limits, name=name)  # fail_open, and sizing checks
         self._held: dict[str, RedisPermit] = {}
+        self._queue: deque[trio.Event] = deque()
         self._changed = trio.Event()
         self._granted = 0
         self._rejected = 0
@@ -346,32 +367,80 @@ class RedisRateLimiter:
         deadline: float | None = None,
         wait: bool = True,
     ) -> RedisPermit:
-        """A fleet-wide permit (see :meth:`RateLimiter.acquire` for the contract)."""
+        """A fleet-wide permit (see :meth:`RateLimiter.acquire` for the contract).
+
+        Waiters of this process queue FIFO and only the head asks the server again
+        (when a release here wakes it, or every ``_SLOT_POLL`` for releases elsewhere),
+        so a busy limiter costs one poller per process, not one per waiter.
+        """
         check_fits(self.limits, self.name, requests, tokens)
-        while True:
-            permit_id = self._backend.new_id()
-            try:
-                reply = await self._backend.call(
-                    "LIMITER_ACQUIRE",
-                    self.keys,
-                    [
-                        self._limit(self.limits.requests_per_minute),
-                        self._limit(self.limits.tokens_per_minute),
-                        self._limit(self.limits.concurrent_requests),
-                        requests,
-                        tokens,
-                        permit_id,
-                        self._backend.config.lease,
-                        WINDOW_S,
-                    ],
-                )
-            except StateUnavailableError:
-                if not self._backend.fail_open:
-                    raise
-                return await self._acquire_locally(requests, tokens, deadline, wait)
-            if int(reply[0]) == 1:
-                return self._grant(permit_id, requests, tokens, reply)
-            await self._wait(float(reply[1]), deadline, wait)
+        if self.limits.unlimited:
+            # nothing to count: no round trip; a 429 pause (this process's, or another's
+            # read every sync_interval) still holds through the local limiter
+            local = await self._local.acquire(
+                requests=requests, tokens=tokens, deadline=deadline, wait=wait
+            )
+            permit = RedisPermit(self, "", requests, tokens, trio.current_time())
+            permit.local = local
+            self._granted += 1
+            return permit
+        if not wait or not self._queue:
+            got = await self._try(requests, tokens, deadline, wait)
+            if isinstance(got, RedisPermit):
+                return got
+            await self._wait(got, deadline, wait)  # raises unless we may wait
+        me = trio.Event()
+        self._queue.append(me)
+        try:
+            if self._queue[0] is not me:
+                with trio.move_on_at(math.inf if deadline is None else deadline):
+                    await me.wait()
+                if self._queue[0] is not me:
+                    self._rejected += 1
+                    raise RateLimitedError(
+                        f"rate limit of {self.name!r} (fleet-wide): its deadline passed while "
+                        "queued",
+                        provider=None,
+                        retry_after_s=None,
+                    )
+            while True:
+                got = await self._try(requests, tokens, deadline, wait)
+                if isinstance(got, RedisPermit):
+                    return got
+                await self._wait(got, deadline, wait)
+        finally:
+            was_head = self._queue[0] is me
+            self._queue.remove(me)
+            if was_head and self._queue:
+                self._queue[0].set()
+
+    async def _try(
+        self, requests: int, tokens: int, deadline: float | None, wait: bool
+    ) -> RedisPermit | float:
+        """One acquire script: the permit, or the wait it asked for (-1: a slot)."""
+        permit_id = self._backend.new_id()
+        try:
+            reply = await self._backend.call(
+                "LIMITER_ACQUIRE",
+                self.keys,
+                [
+                    self._limit(self.limits.requests_per_minute),
+                    self._limit(self.limits.tokens_per_minute),
+                    self._limit(self.limits.concurrent_requests),
+                    requests,
+                    tokens,
+                    permit_id,
+                    self._backend.config.lease,
+                    WINDOW_S,
+                ],
+            )
+        except StateUnavailableError:
+            if not self._backend.fail_open:
+                raise
+            return await self._acquire_locally(requests, tokens, deadline, wait)
+        if int(reply[0]) == 1:
+            return self._grant(permit_id, requests, tokens, reply)
+        return float(reply[1])
 
     async def _acquire_locally(
         self, requests: int, tokens: int, deadline: float | None, wait: bool
@@ -459,7 +528,7 @@ class RedisRateLimiter:
         return RateLimiterStatistics(
             name=self.name,
             in_flight=len(self._held) + local.in_flight,
-            waiting=0,
+            waiting=len(self._queue),
             granted=self._granted,
             rejected=self._rejected,
             requests_available=self._left[0],

@@ -6,7 +6,11 @@ with RPM, TPM, a concurrency cap and an hourly budget set (none of them binding)
 request does an acquire, a release, a reserve and a settle. The redis rows use a
 `redis-server` this script starts on a free loopback port.
 
-    .venv/bin/python bench/fleet_state.py [--duration 5]
+    .venv/bin/python bench/fleet_state.py [--duration 5] [--rounds 2]
+    .venv/bin/python bench/fleet_state.py --workers     # redis strict: --workers 2 vs 1
+
+``--workers`` compares the throughput (concurrency 32) of one gateway process with
+``serve --workers 2`` on the same redis state, unpinned (both cores).
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway import CHAT, _start_gateway, _wrk
+from gateway import CHAT, ROOT, _read_url, _start_gateway, _wait_ready, _wrk
 
 DEPLOYMENT = """
 [[deployment]]
@@ -69,16 +74,70 @@ def _start_redis() -> tuple[subprocess.Popen[str], str]:
     raise SystemExit("redis-server did not start")
 
 
+def _print_machine(args: argparse.Namespace) -> None:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# state backend bench, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, load average {load:.1f}; wrk -t1 {args.duration}s, "
+        f"best of {args.rounds} interleaved rounds"
+    )
+    print()
+
+
+def _start_workers(config: str, workers: int) -> tuple[subprocess.Popen[str], str]:
+    path = Path(tempfile.mkdtemp()) / "bench.toml"
+    path.write_text(config)
+    command = [sys.executable, "-m", "atomr_infer", "serve", "--config", str(path)]
+    command += ["--port", "0", "--log-level", "warning", "--workers", str(workers)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    url = _read_url(proc, "atomr-infer gateway on ")
+    _wait_ready(url + "/health/ready")
+    return proc, url
+
+
+def _compare_workers(redis_url: str, duration: int, rounds: int) -> None:
+    state = f'[state]\nbackend = "redis"\nurl = "{redis_url}"\n'
+    best: dict[int, dict[str, float]] = {}
+    for _ in range(rounds):
+        for workers in (1, 2):
+            proc, url = _start_workers(_config(state), workers)
+            try:
+                _wrk(url + "/v1/chat/completions", CHAT, 32, 1)
+                got = _wrk(url + "/v1/chat/completions", CHAT, 32, duration)
+                if workers not in best or got["rps"] > best[workers]["rps"]:
+                    best[workers] = got
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+    print("| workers | conc | req/s | p50 ms | p99 ms | vs 1 worker | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for workers, r in sorted(best.items()):
+        ratio = r["rps"] / best[1]["rps"]
+        print(
+            f"| {workers} | 32 | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {ratio:.2f}x | {r['errors']:.0f} |"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument(
         "--rounds", type=int, default=2, help="interleaved rounds; the best of each is shown"
     )
+    parser.add_argument("--workers", action="store_true", help="compare --workers 2 with 1")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     redis_proc, redis_url = _start_redis()
+    if args.workers:
+        try:
+            _print_machine(args)
+            _compare_workers(redis_url, args.duration, args.rounds)
+        finally:
+            redis_proc.terminate()
+            redis_proc.wait(timeout=10)
+        return 0
     backends = {
         "memory": '[state]\nbackend = "memory"\n',
         "redis strict": f'[state]\nbackend = "redis"\nurl = "{redis_url}"\nmode = "strict"\n',
@@ -101,14 +160,7 @@ def main() -> int:
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# state backend bench, {time.strftime('%Y-%m-%d')}")
-    print(
-        f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}, load average {load:.1f}; wrk -t1 {args.duration}s, "
-        f"best of {args.rounds} interleaved rounds"
-    )
-    print()
+    _print_machine(args)
     print("| backend | conc | req/s | p50 ms | p99 ms | added p50 ms vs memory | errors |")
     print("|---|---|---|---|---|---|---|")
     rows = [(name, conns, r) for (name, conns), r in best.items()]
