@@ -61,7 +61,7 @@ log = logging.getLogger("atomr_infer.state")
 #: how long the hourly spend of a deployment is kept for ``cost-report``
 COST_HISTORY_S = 90 * 86400
 #: longest wait for one script before the server counts as unavailable
-_CALL_TIMEOUT = 1.0
+_CALL_TIMEOUT = 2.0
 #: tasks running queued releases and refunds (one would fall behind a busy gateway,
 #: and a release that waits keeps its slot taken)
 _WORKERS = 4
