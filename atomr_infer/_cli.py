@@ -1,5 +1,5 @@
-"""``python -m atomr_infer``: serve, plugins, check, status, rotate-credentials, schema, demo,
-mock, export-onnx.
+"""``python -m atomr_infer``: serve, plugins, check, status, cost-report, rotate-credentials,
+schema, demo, mock, export-onnx.
 
 Heavy imports (trio, the gateway, httpx, runtime plugins) happen inside the commands,
 so ``--help`` is instant and a remote-only ``serve`` never imports torch or onnxruntime.
@@ -103,6 +103,15 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
         help="log lines as text or one JSON object per line (default: [cluster] log_format)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N gateway processes on one port, restarted if they die (N > 1 needs "
+        '[state] backend = "redis"; default: 1)',
+    )
+    serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a worker's inherited socket
     _command(
         sub,
         "plugins",
@@ -134,6 +143,16 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         default=os.environ.get("ATOMR_API_KEY"),
         help="one of the gateway's [cluster].api_keys (default: $ATOMR_API_KEY)",
+    )
+    report = _command(
+        sub,
+        "cost-report",
+        "spend per deployment per hour or day",
+        "Read from state.spend_ledger (memory backend) or the Redis server (redis backend).",
+    )
+    report.add_argument("--config", metavar="PATH", required=True, help="project file (TOML)")
+    report.add_argument(
+        "--by", choices=["hour", "day"], default="day", help="bucket size (default: day, UTC)"
     )
     rotate = _command(
         sub,
@@ -323,11 +342,20 @@ def _banner(url: str, config: Any) -> str:
         f'       -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'\n'
         f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='{key}'); "
         f"print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello'}}]).choices[0].message.content)\"\n"
+        f"  {_scope_line(config)}\n"
         "  Ctrl-C (SIGINT) or SIGTERM drains in-flight requests and exits."
     )
 
 
-async def _serve_async(config: Any, host: str | None, port: int | None) -> None:
+def _scope_line(config: Any) -> str:
+    if str(getattr(config.state.backend, "value", config.state.backend)) == "redis":
+        return "limits, budgets and breakers: fleet-wide (state.backend = redis)"
+    return "limits, budgets and breakers: per process (state.backend = memory)"
+
+
+async def _serve_async(
+    config: Any, host: str | None, port: int | None, fd: int | None = None
+) -> None:
 
     import trio
 
@@ -354,7 +382,12 @@ async def _serve_async(config: Any, host: str | None, port: int | None) -> None:
 
         async def run_gateway(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             await serve_gateway(
-                cluster, host=host, port=port, shutdown_trigger=stop.wait, task_status=task_status
+                cluster,
+                host=host,
+                port=port,
+                shutdown_trigger=stop.wait,
+                fd=fd,
+                task_status=task_status,
             )
             nursery.cancel_scope.cancel()
 
@@ -395,7 +428,11 @@ def _serve(args: argparse.Namespace) -> int:
             keys=settings.api_keys,
             allow_unauthenticated=settings.allow_unauthenticated,
         )
-        trio.run(_serve_async, config, args.host, args.port)
+        if args.workers != 1:
+            from ._workers import serve_workers
+
+            return serve_workers(args, config)
+        trio.run(_serve_async, config, args.host, args.port, args.fd)
     except ConfigError as exc:
         print(f"atomr-infer serve: {exc}", file=sys.stderr)
         return 1
@@ -592,6 +629,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _rotate_credentials(args.url, args.api_key, args.deployment)
     if args.command == "schema":
         return _schema(args.out)
+    if args.command == "cost-report":
+        from ._cost_report import cost_report
+
+        return cost_report(args.config, args.by)
     if args.command == "demo":
         from atomr_infer._demo import run_demo
 

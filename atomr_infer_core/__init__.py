@@ -23,8 +23,10 @@ from ._deployment import (
     Serving as Serving,
     StateBackendKind as StateBackendKind,
     StateConfig as StateConfig,
+    StateMode as StateMode,
     TelemetryConfig as TelemetryConfig,
     Timeouts as Timeouts,
+    UnavailablePolicy as UnavailablePolicy,
 )
 from ._kinds import (
     ProviderKind as ProviderKind,
@@ -124,6 +126,7 @@ __all__ = [
     "SessionRebuildCause",
     "StateBackendKind",
     "StateConfig",
+    "StateMode",
     "StepModel",
     "StopScanner",
     "TelemetryConfig",
@@ -134,6 +137,7 @@ __all__ = [
     "Tokens",
     "TokensBuilder",
     "TransportKind",
+    "UnavailablePolicy",
     "advance_sequence",
     "errors",
     "estimate_tokens",

@@ -33,8 +33,10 @@ __all__ = [
     "Serving",
     "StateBackendKind",
     "StateConfig",
+    "StateMode",
     "TelemetryConfig",
     "Timeouts",
+    "UnavailablePolicy",
 ]
 
 #: a duration in seconds; config files also take "250ms", "30s", "5m", "1h" or integer ms
@@ -76,6 +78,20 @@ class LogFormat(str, enum.Enum):
 class StateBackendKind(str, enum.Enum):
     MEMORY = "memory"
     REDIS = "redis"
+
+
+class StateMode(str, enum.Enum):
+    """How a shared backend enforces limits: one atomic script per operation (strict)."""
+
+    STRICT = "strict"
+    APPROXIMATE = "approximate"
+
+
+class UnavailablePolicy(str, enum.Enum):
+    """What requests do while the shared state backend cannot be reached."""
+
+    FAIL_CLOSED = "fail_closed"
+    FAIL_OPEN = "fail_open"
 
 
 @attrs.frozen(kw_only=True)
@@ -286,6 +302,15 @@ class StateConfig:
     sync_interval: Seconds = attrs.field(default=0.1, validator=_gt0)
     #: prefix of every key in the shared store
     key_prefix: str = "atomr"
+    #: strict: one atomic server-side script per acquire and release
+    mode: StateMode = StateMode.STRICT
+    #: slots and token reservations of a process that died expire after this
+    lease: Seconds = attrs.field(default=30.0, validator=_gt0)
+    #: the backend is unreachable: 503 state_unavailable (closed) or local limits (open)
+    on_unavailable: UnavailablePolicy = UnavailablePolicy.FAIL_CLOSED
+    #: memory backend: a SQLite file that keeps spend across restarts (relative to the
+    #: config file); none: spend lives in memory only
+    spend_ledger: str | None = None
 
 
 @attrs.frozen(kw_only=True)

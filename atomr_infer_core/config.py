@@ -461,6 +461,10 @@ def load_config(
     problems += _semantic_problems(config)
     if problems:
         raise ConfigError(problems)
+    ledger = config.state.spend_ledger
+    if ledger and not isinstance(source, Mapping) and not Path(ledger).is_absolute():
+        resolved = str(Path(source).resolve().parent / ledger)
+        config = attrs.evolve(config, state=attrs.evolve(config.state, spend_ledger=resolved))
     return config
 
 

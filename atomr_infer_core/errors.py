@@ -21,6 +21,7 @@
     ├── MalformedStreamError            502; upstream sent garbage            retryable, breaker
     ├── RequestTimeoutError             504                                   retryable, breaker
     ├── SessionPoisonedError            503; the runner rebuilds its session  -
+    ├── StateUnavailableError           503 state_unavailable: shared state down -
     └── InternalError                   500; a bug in atomr-infer             -
 
     ConfigError                         bad configuration; lists every problem with its key path
@@ -58,6 +59,7 @@ __all__ = [
     "RuntimeNotInstalledError",
     "ServerError",
     "SessionPoisonedError",
+    "StateUnavailableError",
     "UnauthorizedError",
     "UnsupportedParameterError",
     "error_from_json",
@@ -319,6 +321,16 @@ class SessionPoisonedError(InferenceError):
     kind = "session_poisoned"
     http_status = 503
     code = "session_poisoned"
+
+
+class StateUnavailableError(_RetryAfterMixin):
+    """The shared state backend (Redis) cannot be reached and ``state.on_unavailable``
+    is ``fail_closed``: limits cannot be checked, so the request is not admitted."""
+
+    kind = "state_unavailable"
+    http_status = 503
+    code = "state_unavailable"
+    _fields = ("retry_after_s",)
 
 
 class InternalError(InferenceError):

@@ -60,6 +60,7 @@ from ._sse import SSEDecoder as SSEDecoder, SSEEvent as SSEEvent, aiter_sse as a
 from ._state import (
     MemorySpendWindow as MemorySpendWindow,
     MemoryStateBackend as MemoryStateBackend,
+    SpendLog as SpendLog,
     SpendWindow as SpendWindow,
     StateBackend as StateBackend,
     open_state_backend as open_state_backend,
@@ -96,6 +97,7 @@ __all__: list[str] = [
     "SSEDecoder",
     "SSEEvent",
     "SessionSnapshot",
+    "SpendLog",
     "SpendWindow",
     "StateBackend",
     "StaticCredential",

@@ -1,8 +1,8 @@
 """Sans-IO capacity counters: a token bucket and an exact rolling window.
 
 Both take ``now`` (monotonic seconds) in every call and share one small interface:
-``try_take``, ``time_until``, ``give_back`` (refund) and ``debit`` (forced spend, may go
-over the limit, e.g. when real usage exceeds an estimate).
+``try_take``, ``time_until``, ``give_back`` (refund of units spent at ``spent_at``) and
+``debit`` (forced spend, may go over the limit, e.g. when real usage exceeds an estimate).
 
 ``TokenBucket`` refills continuously at ``rate`` up to ``capacity``: smooth, but a full
 bucket plus a minute of refill admits up to twice ``capacity`` in one 60 s window.
@@ -64,7 +64,8 @@ class TokenBucket:
         self._refill(now)
         return max(0.0, (n - self.level) / self.rate)
 
-    def give_back(self, n: float, now: float) -> None:
+    def give_back(self, n: float, now: float, spent_at: float | None = None) -> None:
+        """Refund ``n`` units (a bucket keeps no history: ``spent_at`` is not needed)."""
         self._refill(now)
         self.level = min(self.capacity, self.level + n)
 
@@ -131,18 +132,27 @@ class RollingWindow:
             return 0.0
         return _until(now, self._spent[-1][0] + self.window_s)
 
-    def give_back(self, n: float, now: float) -> None:
-        """Refund ``n`` units, newest spend first."""
+    def give_back(self, n: float, now: float, spent_at: float) -> None:
+        """Refund up to ``n`` of the units spent at ``spent_at`` (the releasing permit's own).
+
+        Refunding anyone else's units would be wrong: refunding a newer spend leaves the
+        older one in the window, which then expires early and lets a later request in
+        while the newer units are still in use. Units that already left the window have
+        nothing to refund.
+        """
         self._expire(now)
         spent = self._spent
-        while n > 0 and spent:
-            last = spent[-1]
-            part = min(n, last[1])
-            last[1] -= part
-            self.used -= part
-            n -= part
-            if last[1] <= 0:
-                spent.pop()
+        for index in range(len(spent) - 1, -1, -1):
+            entry = spent[index]
+            if entry[0] < spent_at:
+                break
+            if entry[0] == spent_at:
+                part = min(n, entry[1])
+                entry[1] -= part
+                self.used -= part
+                if entry[1] <= 0:
+                    del spent[index]
+                break
         if not spent:
             self.used = 0.0
 

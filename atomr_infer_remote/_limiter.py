@@ -19,9 +19,27 @@ from atomr_infer_core.errors import BadRequestError, RateLimitedError
 
 from ._bucket import RollingWindow
 
-__all__ = ["RateLimitPermit", "RateLimiter", "RateLimiterStatistics"]
+__all__ = ["RateLimitPermit", "RateLimiter", "RateLimiterStatistics", "check_fits"]
 
 WINDOW_S = 60.0
+
+
+def check_fits(limits: RateLimits, name: str, requests: int, tokens: int) -> None:
+    """Raise ``BadRequestError`` when a request can never fit ``limits``."""
+    if requests < 0 or tokens < 0:
+        raise ValueError(f"requests and tokens must be >= 0 (got {requests}, {tokens})")
+    tpm, rpm = limits.tokens_per_minute, limits.requests_per_minute
+    if tpm is not None and tokens > tpm:
+        raise BadRequestError(
+            f"the request needs {tokens} tokens but {name!r} allows "
+            f"{int(tpm)} tokens per minute; shorten the prompt or lower "
+            "max_tokens, or raise rate_limits.tokens_per_minute",
+            param="max_tokens",
+        )
+    if rpm is not None and requests > rpm:
+        raise BadRequestError(
+            f"{requests} requests at once exceed {name!r}'s {int(rpm)} requests per minute"
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -166,20 +184,7 @@ class RateLimiter:
     # ---- internals --------------------------------------------------------------------
 
     def _check_fits(self, requests: int, tokens: int) -> None:
-        if requests < 0 or tokens < 0:
-            raise ValueError(f"requests and tokens must be >= 0 (got {requests}, {tokens})")
-        if self._tpm is not None and tokens > self._tpm.limit:
-            raise BadRequestError(
-                f"the request needs {tokens} tokens but {self.name!r} allows "
-                f"{int(self._tpm.limit)} tokens per minute; shorten the prompt or lower "
-                "max_tokens, or raise rate_limits.tokens_per_minute",
-                param="max_tokens",
-            )
-        if self._rpm is not None and requests > self._rpm.limit:
-            raise BadRequestError(
-                f"{requests} requests at once exceed {self.name!r}'s "
-                f"{int(self._rpm.limit)} requests per minute"
-            )
+        check_fits(self.limits, self.name, requests, tokens)
 
     def _wait_time(self, requests: int, tokens: int, now: float) -> float:
         """Seconds until the windows and the pause allow it (ignores concurrency)."""
@@ -260,7 +265,7 @@ class RateLimiter:
             if delta < 0:
                 # a spend that already left the window has nothing left to refund
                 if now - permit.granted_at < WINDOW_S:
-                    self._tpm.give_back(-delta, now)
+                    self._tpm.give_back(-delta, now, spent_at=permit.granted_at)
             elif delta > 0:
                 self._tpm.debit(delta, now)
         self._notify()

@@ -8,6 +8,7 @@ can implement the same protocol later.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,15 +16,26 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
-from atomr_infer_core import CircuitBreakerConfig, RateLimits, StateBackendKind, StateConfig
+from atomr_infer_core import (
+    CircuitBreakerConfig,
+    RateLimits,
+    StateBackendKind,
+    StateConfig,
+    StateMode,
+)
 from atomr_infer_core.errors import ConfigError
 
 from ._breaker import CircuitBreaker
+from ._ledger import SpendLedger
 from ._limiter import RateLimiter
+
+#: the longest budget window (a day): older spend is never asked about
+_LONGEST_WINDOW = 86400.0
 
 __all__ = [
     "MemorySpendWindow",
     "MemoryStateBackend",
+    "SpendLog",
     "SpendWindow",
     "StateBackend",
     "open_state_backend",
@@ -38,8 +50,10 @@ class SpendWindow(Protocol):
         """Add ``amount`` if the window's total stays within ``limit``; else change nothing."""
         ...
 
-    async def adjust(self, delta: float, *, now: float) -> None:
-        """Settle: add real cost minus the reservation (negative releases spend)."""
+    async def adjust(self, delta: float, *, now: float, reserved_at: float) -> None:
+        """Settle the reservation made at ``reserved_at``: add real cost minus the
+        reservation. A negative ``delta`` releases spend from that reservation only
+        (never from anyone else's); a positive one is new spend at ``now``."""
         ...
 
     async def total(self, *, window_s: float, now: float) -> float: ...
@@ -69,12 +83,18 @@ class StateBackend(Protocol):
     def window(self, key: str) -> SpendWindow: ...
 
 
-class MemorySpendWindow:
-    """In-process :class:`SpendWindow`. Entries older than the longest window asked
-    about are dropped; a negative adjustment cancels the newest spend first."""
+class SpendLog:
+    """Sans-IO spend over rolling windows: ``[time, amount]`` entries, oldest first.
+
+    Entries older than the longest window asked about are dropped. A refund comes out
+    of the entry of the reservation it settles, so a released reservation never makes
+    room that an older, still-running one occupies.
+    """
+
+    __slots__ = ("_horizon", "_spent")
 
     def __init__(self) -> None:
-        self._spent: deque[list[float]] = deque()  # [time, amount], oldest first
+        self._spent: deque[list[float]] = deque()
         self._horizon = 0.0  # the longest window_s seen
 
     def _expire(self, window_s: float, now: float) -> None:
@@ -83,46 +103,50 @@ class MemorySpendWindow:
         while spent and spent[0][0] + self._horizon <= now:
             spent.popleft()
 
-    def _total(self, window_s: float, now: float) -> float:
+    def total(self, window_s: float, now: float) -> float:
         self._expire(window_s, now)
         return sum(a for t, a in self._spent if t + window_s > now)
 
-    async def reserve(self, amount: float, *, limit: float, window_s: float, now: float) -> bool:
-        await trio.lowlevel.checkpoint()
+    def reserve(self, amount: float, limit: float, window_s: float, now: float) -> bool:
         if amount < 0:
             raise ValueError(f"a reservation must be >= 0 (got {amount})")
-        if self._total(window_s, now) + amount > limit:
+        if self.total(window_s, now) + amount > limit:
             return False
         self._spent.append([now, amount])
         return True
 
-    async def adjust(self, delta: float, *, now: float) -> None:
-        await trio.lowlevel.checkpoint()
+    def adjust(self, delta: float, now: float, reserved_at: float) -> float:
+        """Settle; returns what changed (a refund is capped by what the entry holds)."""
         if delta >= 0:
             if delta:
                 self._spent.append([now, delta])
-            return
+            return delta
         refund = -delta
         spent = self._spent
-        while refund > 0 and spent:
-            last = spent[-1]
-            part = min(refund, last[1])
-            last[1] -= part
-            refund -= part
-            if last[1] <= 0:
-                spent.pop()
+        for index in range(len(spent) - 1, -1, -1):
+            if refund <= 0:
+                break
+            entry = spent[index]
+            if entry[0] < reserved_at:
+                break
+            if entry[0] == reserved_at:
+                part = min(refund, entry[1])
+                entry[1] -= part
+                refund -= part
+                if entry[1] <= 0:
+                    del spent[index]
+        return delta + refund
 
-    async def total(self, *, window_s: float, now: float) -> float:
-        await trio.lowlevel.checkpoint()
-        return self._total(window_s, now)
+    def load(self, entries: list[tuple[float, float]]) -> None:
+        """Add spend from before a restart (``(time, amount)``, oldest first)."""
+        self._spent.extendleft(reversed([[t, a] for t, a in entries]))
 
-    async def earliest_room(
-        self, amount: float, *, limit: float, window_s: float, now: float
+    def earliest_room(
+        self, amount: float, limit: float, window_s: float, now: float
     ) -> float | None:
-        await trio.lowlevel.checkpoint()
         if amount > limit:
             return None
-        excess = self._total(window_s, now) + amount - limit
+        excess = self.total(window_s, now) + amount - limit
         if excess <= 0:
             return now
         for at, spent in self._spent:
@@ -134,10 +158,57 @@ class MemorySpendWindow:
         return math.inf  # unreachable but for float drift
 
 
+class MemorySpendWindow:
+    """In-process :class:`SpendWindow` over a :class:`SpendLog`; with a ledger, what
+    it spent is also written there, and read back by the next process."""
+
+    def __init__(self, ledger: SpendLedger | None = None, key: str = "") -> None:
+        self.log = SpendLog()
+        self._ledger = ledger
+        self._key = key
+        self._loaded = ledger is None
+
+    def _restore(self, now: float) -> None:
+        if not self._loaded and self._ledger is not None:
+            self._loaded = True
+            self.log.load(self._ledger.load(self._key, since=now - _LONGEST_WINDOW))
+
+    async def reserve(self, amount: float, *, limit: float, window_s: float, now: float) -> bool:
+        await trio.lowlevel.checkpoint()
+        self._restore(now)
+        taken = self.log.reserve(amount, limit, window_s, now)
+        if taken and self._ledger is not None:
+            self._ledger.record(self._key, now, amount)
+        return taken
+
+    async def adjust(self, delta: float, *, now: float, reserved_at: float) -> None:
+        await trio.lowlevel.checkpoint()
+        self._restore(now)
+        changed = self.log.adjust(delta, now, reserved_at)
+        if self._ledger is not None:
+            self._ledger.record(self._key, reserved_at if changed < 0 else now, changed)
+
+    async def total(self, *, window_s: float, now: float) -> float:
+        await trio.lowlevel.checkpoint()
+        self._restore(now)
+        return self.log.total(window_s, now)
+
+    async def earliest_room(
+        self, amount: float, *, limit: float, window_s: float, now: float
+    ) -> float | None:
+        await trio.lowlevel.checkpoint()
+        self._restore(now)
+        return self.log.earliest_room(amount, limit, window_s, now)
+
+
 class MemoryStateBackend:
     """The embedded default: state shared by the tasks of one process."""
 
-    def __init__(self) -> None:
+    #: limits hold per process (``fleet`` for a shared backend)
+    scope = "process"
+
+    def __init__(self, ledger: SpendLedger | None = None) -> None:
+        self.ledger = ledger
         self._limiters: dict[str, RateLimiter] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._windows: dict[str, MemorySpendWindow] = {}
@@ -172,26 +243,62 @@ class MemoryStateBackend:
     def window(self, key: str) -> MemorySpendWindow:
         found = self._windows.get(key)
         if found is None:
-            found = self._windows[key] = MemorySpendWindow()
+            found = self._windows[key] = MemorySpendWindow(self.ledger, key)
         return found
+
+    def record_cost(self, deployment: str, at: float, amount: float) -> None:
+        """Note spend of ``deployment`` for the cost report (kept only with a ledger)."""
+        if self.ledger is not None:
+            self.ledger.record(f"cost:{deployment}", at, amount)
 
 
 @asynccontextmanager
 async def open_state_backend(config: StateConfig) -> AsyncIterator[StateBackend]:
     """The state backend ``config`` asks for, for the lifetime of the block.
 
-    Raises ``ConfigError`` for ``backend = "redis"``, which is not available yet.
+    ``memory``: this process only. ``redis``: shared by every process on the server
+    (see ``_redis``); needs the ``redis`` extra (coredis). ``mode = "approximate"`` is
+    refused with a ``ConfigError``: only ``strict`` is built so far.
     """
     kind = StateBackendKind(config.backend)
     if kind is StateBackendKind.REDIS:
-        raise ConfigError(
-            [
-                (
-                    "state.backend",
-                    'the "redis" state backend is not available yet in this version; '
-                    'use backend = "memory" (state is then per process)',
-                )
-            ]
-        )
-    await trio.lowlevel.checkpoint()
-    yield MemoryStateBackend()
+        if StateMode(config.mode) is not StateMode.STRICT:
+            raise ConfigError(
+                [
+                    (
+                        "state.mode",
+                        'only mode = "strict" is available in this version (one atomic '
+                        "script per operation); remove the key or set it to strict",
+                    )
+                ]
+            )
+        try:
+            from ._redis import open_redis_state
+        except ImportError as exc:  # pragma: no cover - the extra is in the lock
+            raise ConfigError(
+                [("state.backend", f"needs coredis: pip install 'atomr-infer-trio[redis]' ({exc})")]
+            ) from None
+        async with open_redis_state(config) as backend:
+            yield backend  # type: ignore[misc]
+        return
+    if not config.spend_ledger:
+        await trio.lowlevel.checkpoint()
+        yield MemoryStateBackend()
+        return
+    ledger = SpendLedger(config.spend_ledger)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_flush_every_second, ledger)
+            try:
+                yield MemoryStateBackend(ledger)
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        ledger.close()
+
+
+async def _flush_every_second(ledger: SpendLedger) -> None:
+    while True:
+        await trio.sleep(1.0)
+        ledger.flush()
+        ledger.prune("budget:", time.time() - 2 * _LONGEST_WINDOW)

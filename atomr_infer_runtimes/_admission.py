@@ -3,8 +3,10 @@
 - budget: reserve the worst-case cost (see ``_budget``);
 - rate limit: the first attempt's permit from the deployment's ``RateLimiter``
   (one request plus the estimated tokens; the remote engine takes one per retry);
-- capacity: a slot of ``serving.max_concurrent`` per serving replica (halved while a
-  ``throttle`` budget is exceeded). When none is free, ``on_capacity_exhausted`` says:
+- capacity: one of the deployment's ``serving.max_concurrent`` slots, shared by all its
+  replicas (none while no replica serves; halved while a ``throttle`` budget is exceeded);
+  with a shared state backend also one of ``max_concurrent`` leased slots of the whole
+  fleet, so the cap holds across processes too. When none is free, ``on_capacity_exhausted`` says:
   ``reject`` fails now, ``queue`` waits (priority, then FIFO; at most
   ``serving.max_queued`` waiters) until the request's deadline, ``fallback`` fails with
   CapacityExhaustedError so the cluster moves to the next deployment.
@@ -23,7 +25,7 @@ import attrs
 import trio
 
 from atomr_infer_core import CapacityPolicy, Deployment, ExecuteBatch, Priority, TokenUsage
-from atomr_infer_core.errors import CapacityExhaustedError
+from atomr_infer_core.errors import CapacityExhaustedError, RateLimitedError
 from atomr_infer_remote import BoundedPriorityQueue
 
 from ._budget import BudgetGuard, Reservation
@@ -105,6 +107,8 @@ class Ticket:
     reservation: Reservation | None = None
     permit: Any = None
     slot: bool = False
+    #: the fleet-wide capacity slot (shared state backends only)
+    fleet_slot: Any = None
 
 
 class Admission:
@@ -118,18 +122,24 @@ class Admission:
         limiter: Any,
         metrics: ClusterMetrics,
         serving_replicas: Callable[[], int],
+        fleet_capacity: Any = None,
     ) -> None:
         self.deployment = deployment
         self.budget = budget
         self.limiter = limiter
+        #: with a shared state backend: ``max_concurrent`` slots for the whole fleet
+        self.fleet_capacity = fleet_capacity
         self._metrics = metrics
         self._serving_replicas = serving_replicas
         self.capacity = CapacityGate(0, deployment.serving.max_queued)
         budget.on_throttle_change = lambda _over: self.refresh_capacity()
 
     def refresh_capacity(self) -> None:
-        """Recompute the slot count from serving replicas and the throttle."""
-        slots = self.deployment.serving.max_concurrent * self._serving_replicas()
+        """Recompute the slot count from serving replicas and the throttle.
+
+        ``max_concurrent`` holds for the deployment as a whole: replicas share it (the
+        router spreads the slots over them by least outstanding)."""
+        slots = self.deployment.serving.max_concurrent if self._serving_replicas() else 0
         if self.budget.throttled and slots > 0:
             slots = max(1, slots // 2)
         self.capacity.set_limit(slots)
@@ -152,6 +162,7 @@ class Admission:
             on_phase("queue")
             await self._slot(batch)
             ticket.slot = True
+            ticket.fleet_slot = await self._fleet_slot(deadline)
         except BaseException:
             await self.release(ticket, None)
             raise
@@ -192,8 +203,29 @@ class Admission:
             bound.queue_depth.set(gate.queued)
         bound.queue_wait.observe(trio.current_time() - started)
 
+    async def _fleet_slot(self, deadline: float) -> Any:
+        if self.fleet_capacity is None:
+            return None
+        policy = self.deployment.serving.on_capacity_exhausted
+        try:
+            return await self.fleet_capacity.acquire(
+                requests=1,
+                deadline=deadline if math.isfinite(deadline) else None,
+                wait=policy is CapacityPolicy.QUEUE,
+            )
+        except RateLimitedError as exc:
+            raise CapacityExhaustedError(
+                f"deployment {self.deployment.name!r} is at capacity across the fleet "
+                f"({self.deployment.serving.max_concurrent} in flight over every process; "
+                f"on_capacity_exhausted = {policy.value})",
+                retry_after_s=exc.retry_after if exc.retry_after is not None else 1.0,
+            ) from None
+
     async def release(self, ticket: Ticket, usage: TokenUsage | None) -> float | None:
         """Give back the slot and the permit; settle (or release) the budget."""
+        if ticket.fleet_slot is not None:
+            fleet_slot, ticket.fleet_slot = ticket.fleet_slot, None
+            fleet_slot.release()
         if ticket.slot:
             ticket.slot = False
             self.capacity.release()

@@ -87,6 +87,8 @@ class Reservation:
 
     amount: float
     windows: tuple[_Window, ...]
+    #: when it was reserved (window clock): a release refunds this entry, no other
+    at: float = 0.0
     done: bool = False
 
 
@@ -123,6 +125,8 @@ class BudgetGuard:
         self.throttled = False
         self.on_throttle_change: Callable[[bool], None] | None = None
         self._local = {"hour": _RollingSum(HOUR), "day": _RollingSum(DAY)}
+        #: the backend's cost record (``cost-report``), when it keeps one
+        self._record_cost = getattr(state, "record_cost", None)
         windows: list[_Window] = []
         if self.budget is not None and price is not None:
             limits = (
@@ -190,7 +194,7 @@ class BudgetGuard:
             self._warn_once(window, now)
         if self.budget is not None and self.budget.on_exceeded is BudgetAction.THROTTLE:
             self._set_throttled(bool(over))
-        return Reservation(amount, tuple(taken))
+        return Reservation(amount, tuple(taken), at=now)
 
     async def settle(self, reservation: Reservation, usage: TokenUsage | None) -> float | None:
         """Replace the reservation by the real cost of ``usage`` (release when ``None``)."""
@@ -201,10 +205,12 @@ class BudgetGuard:
         delta = (cost or 0.0) - reservation.amount
         now = self._clock()
         self._account(delta, now)
+        if cost and self._record_cost is not None:
+            self._record_cost(self.deployment, now, cost)
         if reservation.windows:
             with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
                 for window in reservation.windows:
-                    await window.spend.adjust(delta, now=now)
+                    await window.spend.adjust(delta, now=now, reserved_at=reservation.at)
         return cost
 
     def _account(self, amount: float, now: float) -> None:
@@ -215,7 +221,7 @@ class BudgetGuard:
     async def _undo(self, taken: list[_Window], amount: float, now: float) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
             for window in taken:
-                await window.spend.adjust(-amount, now=now)
+                await window.spend.adjust(-amount, now=now, reserved_at=now)
 
     async def _exceeded(self, window: _Window, amount: float, now: float) -> BudgetExceededError:
         retry_after: float | None = None

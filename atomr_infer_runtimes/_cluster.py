@@ -92,6 +92,8 @@ class ClusterStatus:
     name: str
     ready: bool
     deployments: tuple[DeploymentStatus, ...]
+    #: where limits hold: ``process`` (memory state) or ``fleet`` (shared, redis)
+    state_scope: str = "process"
 
 
 class _RequestLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -171,6 +173,9 @@ class Execution:
         self._trace: RequestTrace | None = None
         self._attempt_span: Any = None
         self._position = 0
+        #: output received from the runner so far (charged when no usage arrives)
+        self._produced_chunks = 0
+        self._produced_chars = 0
 
     # -- entering: route, admit, dispatch, first chunk ------------------------------
 
@@ -258,6 +263,7 @@ class Execution:
         self._attempt = attempt
         self._phase = "queue"
         self._dispatched = False
+        self._produced_chunks = self._produced_chars = 0
         stack.enter_context(attempt.scope)
         runtime.attempts.add(attempt)
         stack.callback(self._cluster._attempt_done, runtime, attempt)
@@ -292,6 +298,8 @@ class Execution:
             self._log.debug("dispatched to replica %d", replica.index)
             iterator = await stack.enter_async_context(replica.runner.execute(batch))
             first = await _first_chunk(iterator)
+            if first is not None:
+                self._produced(first)
         except BaseException as exc:
             error = self._attempt_error(attempt, exc, deadline)
             self._end_attempt_span(error or exc)
@@ -392,11 +400,28 @@ class Execution:
             await runtime.wait_changed()
 
     async def _release(self, runtime: DeploymentRuntime, ticket: Ticket) -> None:
+        usage = self.usage or self._usage_so_far()
         with trio.CancelScope(shield=True):
-            cost = await runtime.admission.release(ticket, self.usage)
-        if cost is None and self.usage is not None:
-            cost = runtime.budget.cost(self.usage)
+            cost = await runtime.admission.release(ticket, usage)
+        if cost is None and usage is not None:
+            cost = runtime.budget.cost(usage)
         self.cost_usd = cost
+
+    def _produced(self, chunk: TokenChunk) -> None:
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.text_delta or chunk.tool_call_deltas:
+            self._produced_chunks += 1
+            self._produced_chars += len(chunk.text_delta)
+
+    def _usage_so_far(self) -> TokenUsage | None:
+        """What a stream that ended without usage (the client left, the upstream cut it)
+        is charged: the prompt estimate plus the output it produced, never zero; ``None``
+        when no output came at all (the attempt failed before its first chunk)."""
+        if not self._produced_chunks:
+            return None
+        output = max(self._produced_chunks, math.ceil(self._produced_chars / 4))
+        return TokenUsage(input_tokens=self.batch.input_token_estimate(), output_tokens=output)
 
     # -- iterating --------------------------------------------------------------------
 
@@ -422,8 +447,7 @@ class Execution:
                 if error is None:
                     raise
                 raise error from None
-        if chunk.usage is not None:
-            self.usage = chunk.usage
+        self._produced(chunk)
         if self._trace is not None:
             self._trace.chunk(chunk)
         return chunk
@@ -441,8 +465,7 @@ class Execution:
             return None
         chunk: TokenChunk | None = take()
         if chunk is not None:
-            if chunk.usage is not None:
-                self.usage = chunk.usage
+            self._produced(chunk)
             if self._trace is not None:
                 self._trace.chunk(chunk)
         return chunk
@@ -800,6 +823,7 @@ class Cluster:
             name=self.config.cluster.name,
             ready=all(d.state == DeploymentState.SERVING.value for d in deployments),
             deployments=deployments,
+            state_scope=getattr(self.state, "scope", "process"),
         )
 
     def _count_error(self, name: str, exc: InferenceError, *, known: bool = True) -> None:
@@ -807,6 +831,12 @@ class Cluster:
         self.metrics.requests.labels(label, "error", exc.kind).inc()
 
     def _refresh_gauges(self) -> None:
+        stats = getattr(self.state, "stats", None)
+        if stats is not None:
+            self.metrics.state_available.set(1.0 if stats.available else 0.0)
+            counted = self.metrics.sample("atomr_state_unavailable_calls_total") or 0.0
+            if stats.unavailable > counted:
+                self.metrics.state_unavailable.inc(stats.unavailable - counted)
         for name, runtime in self._deployments.items():
             status = runtime.status()
             self.metrics.breaker_state.labels(name).set(
@@ -865,8 +895,9 @@ def _coerce_config(config: Config | str | os.PathLike[str] | Sequence[Deployment
 
 
 def _default_clock(config: Config) -> Callable[[], float]:
-    # Spend windows shared through Redis need a clock every process agrees on.
-    if config.state.backend is StateBackendKind.REDIS:
+    # Spend shared through Redis, or kept in a ledger across restarts, needs a clock
+    # every process (and the next one) agrees on.
+    if config.state.backend is StateBackendKind.REDIS or config.state.spend_ledger:
         return time.time
     return trio.current_time
 

@@ -23,6 +23,7 @@ import trio
 from atomr_infer_core import (
     Deployment,
     ModelRunner,
+    RateLimits,
     RunnerContext,
     RuntimePlugin,
     SessionRebuildCause,
@@ -170,6 +171,7 @@ class DeploymentRuntime:
             limiter=limiter,
             metrics=metrics,
             serving_replicas=self.serving_count,
+            fleet_capacity=_fleet_capacity(state_backend, deployment),
         )
 
     # -- state --------------------------------------------------------------------
@@ -359,6 +361,18 @@ class DeploymentRuntime:
 
     def stop(self) -> None:
         self.cancel_scope.cancel()
+
+
+def _fleet_capacity(state_backend: Any, deployment: Deployment) -> Any:
+    """``max_concurrent`` slots shared by every process, when the backend is shared."""
+    if getattr(state_backend, "scope", "process") != "fleet":
+        return None
+    cap = deployment.serving.max_concurrent
+    return state_backend.limiter(
+        f"capacity:{deployment.name}:{cap}",
+        RateLimits(concurrent_requests=cap),
+        name=deployment.name,
+    )
 
 
 def breaker_state(breaker: Any) -> str:

@@ -156,6 +156,17 @@ class ClusterMetrics:
             ["deployment"],
             registry=r,
         )
+        self.state_available = Gauge(
+            "atomr_state_available",
+            "1 while the shared state backend answers (always 1 for memory).",
+            registry=r,
+        )
+        self.state_unavailable = Counter(
+            "atomr_state_unavailable_calls",
+            "Calls to the shared state backend that failed (unreachable or too slow).",
+            registry=r,
+        )
+        self.state_available.set(1.0)
         ProcessCollector(registry=r)
         self._exposed = _WithoutCreated(r)
         self._refreshers: list[Callable[[], None]] = []

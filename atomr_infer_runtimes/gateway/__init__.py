@@ -42,9 +42,13 @@ async def serve_gateway(
     host: str | None = None,
     port: int | None = None,
     shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+    fd: int | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``cluster`` over HTTP until cancelled or ``shutdown_trigger`` returns.
+
+    ``fd``: accept on this inherited listening socket instead of binding (the workers of
+    ``serve --workers N`` share their parent's socket).
 
     ``host``/``port`` default to ``[cluster].bind``; port 0 picks a free port, and
     ``task_status.started(url)`` reports the bound ``http://host:port``. When the
@@ -61,6 +65,8 @@ async def serve_gateway(
         host, keys=settings.api_keys, allow_unauthenticated=settings.allow_unauthenticated
     )
     config = _hypercorn_config(host, port, float(settings.shutdown_grace))
+    if fd is not None:
+        config.bind = [f"fd://{fd}"]
     app = create_app(cluster)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown_trigger))

@@ -496,6 +496,7 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
             {
                 "name": status.name,
                 "ready": bool(status.ready),
+                "state_scope": getattr(status, "state_scope", "process"),
                 "deployments": [to_plain(d) for d in deployments],
             }
         )

@@ -158,8 +158,30 @@ def test_unknown_key_suggests_the_closest() -> None:
 
 def test_unknown_key_without_a_close_match_lists_the_valid_ones() -> None:
     assert errors_of({"state": {"zzz": 1}}) == [
-        "state.zzz: unknown key; valid keys: backend, url, sync_interval, key_prefix"
+        "state.zzz: unknown key; valid keys: backend, url, sync_interval, key_prefix, mode, "
+        "lease, on_unavailable, spend_ledger"
     ]
+
+
+def test_fleet_state_keys_are_structured_and_checked() -> None:
+    from atomr_infer_core import StateMode, UnavailablePolicy
+
+    state = {
+        "backend": "redis",
+        "url": "redis://127.0.0.1:6379/0",
+        "mode": "strict",
+        "lease": "5s",
+        "on_unavailable": "fail_open",
+    }
+    config = load_config({"state": state}, env={})
+    assert config.state.mode is StateMode.STRICT
+    assert config.state.lease == 5.0
+    assert config.state.on_unavailable is UnavailablePolicy.FAIL_OPEN
+    assert errors_of({"state": {"on_unavailable": "maybe"}}) == [
+        "state.on_unavailable: must be one of 'fail_closed', 'fail_open' (got 'maybe')"
+    ]
+    [lease] = errors_of({"state": {"lease": 0}})
+    assert lease.startswith("state.lease: must be > 0"), lease
 
 
 def test_no_silent_coercion() -> None:

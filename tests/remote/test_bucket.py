@@ -51,47 +51,62 @@ def test_rolling_window_returns_units_exactly_a_window_later() -> None:
     assert w.time_until(4, 0.0) == math.inf
 
 
-def test_rolling_window_give_back_newest_first() -> None:
+def test_rolling_window_give_back_refunds_the_releasing_spend_only() -> None:
     w = RollingWindow(10, 60.0)
     w.try_take(4, 0.0)
     w.try_take(4, 30.0)
-    w.give_back(5, 31.0)
-    assert w.available(31.0) == 7.0
-    assert w.available(60.0) == 10.0  # the remaining 3 were spent at 0
+    w.give_back(3, 31.0, spent_at=0.0)  # the spend at 0 used only 1 of its 4
+    assert w.available(31.0) == 5.0
+    assert w.available(60.0) == 6.0  # what is left of the spend at 0 has expired
+    assert w.available(90.0) == 10.0  # the spend at 30 stayed whole until its own expiry
+
+
+def test_rolling_window_give_back_never_takes_more_than_that_spend_holds() -> None:
+    w = RollingWindow(10, 60.0)
+    w.try_take(2, 0.0)
+    w.try_take(5, 10.0)
+    w.give_back(9, 11.0, spent_at=0.0)
+    assert w.available(11.0) == 5.0
+    w.give_back(1, 61.0, spent_at=10.0)  # the spend at 10 is still in the window
+    assert w.available(61.0) == 6.0
+    w.give_back(4, 71.0, spent_at=10.0)  # ... and now it has left: nothing to refund
+    assert w.available(71.0) == 10.0
 
 
 ops = st.lists(
-    st.tuples(st.floats(0, 30), st.integers(1, 5), st.sampled_from(["take", "debit", "refund"])),
+    st.tuples(
+        st.floats(0, 30),
+        st.integers(1, 5),
+        st.sampled_from(["take", "debit", "refund"]),
+        st.integers(0, 1000),
+    ),
     max_size=60,
 )
 
 
 @given(ops=ops)
 def test_rolling_window_never_admits_more_than_limit_per_window(
-    ops: list[tuple[float, int, str]],
+    ops: list[tuple[float, int, str, int]],
 ) -> None:
     w = RollingWindow(7, 60.0)
     now = 0.0
-    taken: list[tuple[float, int]] = []
-    for dt, n, op in ops:
+    taken: list[list[float]] = []  # [time, amount] of every spend, as the model sees it
+    for dt, n, op, pick in ops:
         now += dt
         if op == "take":
             wait = w.time_until(n, now)
             if w.try_take(n, now):
                 assert wait == 0.0
-                taken.append((now, n))
             else:
                 assert wait > 0
                 assert w.try_take(n, now + wait)
                 now += wait
-                taken.append((now, n))
-        elif op == "refund":  # a refund un-spends the newest units, in the model too
-            w.give_back(n, now)
-            while n and taken and taken[-1][0] + 60.0 > now:
-                t, m = taken.pop()
-                if m > n:
-                    taken.append((t, m - n))
-                n = max(0, n - m)
+            taken.append([now, n])
+        elif op == "refund" and taken:  # any earlier spend gives back part of its own
+            entry = taken[pick % len(taken)]
+            part = min(n, entry[1])
+            w.give_back(part, now, spent_at=entry[0])
+            entry[1] -= part
     for start, _ in taken:
         inside = sum(n for t, n in taken if start <= t < start + 60.0)
         assert inside <= 7

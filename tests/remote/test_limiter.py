@@ -30,6 +30,28 @@ async def test_third_request_waits_until_the_first_leaves_the_window(
     assert trio.current_time() - t0 == 65.0
 
 
+async def test_an_early_release_refunds_its_own_tokens_so_no_window_holds_more_than_tpm(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A takes 50 at t=0, B 50 at t=30, A releases having used 0 at t=31, C takes 50 at
+    # t=32: B and C hold the window until t=90, so D (at t=60.5) waits until then.
+    lim = limiter(tokens_per_minute=100)
+    t0 = trio.current_time()
+    a = await lim.acquire(tokens=50)
+    await trio.sleep(30)
+    await lim.acquire(tokens=50)  # B
+    await trio.sleep(1)
+    a.release(actual_tokens=0)
+    await trio.sleep(1)
+    await lim.acquire(tokens=50)  # C
+    await trio.sleep(28.5)
+    with pytest.raises(RateLimitedError) as info:
+        await lim.acquire(tokens=50, wait=False)  # D at t=60.5
+    assert info.value.retry_after == pytest.approx(29.5)
+    await lim.acquire(tokens=50)
+    assert trio.current_time() - t0 == 90.0
+
+
 async def test_wait_false_rejects_at_once_with_retry_after(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -41,10 +41,9 @@ def test_same_key_with_other_limits_is_a_config_error() -> None:
         state.breaker("b", CircuitBreakerConfig(failure_threshold=1))
 
 
-async def test_redis_backend_is_refused_clearly() -> None:
-    with pytest.raises(ConfigError, match=r"state\.backend: .*redis.* not available yet"):
-        async with open_state_backend(StateConfig(backend="redis")):
-            pass
+async def test_the_memory_backend_is_per_process() -> None:
+    async with open_state_backend(StateConfig()) as state:
+        assert state.scope == "process"
 
 
 async def test_reserve_is_check_and_add_over_a_rolling_window() -> None:
@@ -60,13 +59,25 @@ async def test_reserve_is_check_and_add_over_a_rolling_window() -> None:
 async def test_adjust_settles_real_cost_and_releases() -> None:
     w = MemorySpendWindow()
     await w.reserve(2.0, limit=10.0, window_s=60, now=0.0)
-    await w.adjust(+0.5, now=1.0)  # real cost 2.5
+    await w.adjust(+0.5, now=1.0, reserved_at=0.0)  # real cost 2.5
     assert await w.total(window_s=60, now=1.0) == 2.5
     await w.reserve(3.0, limit=10.0, window_s=60, now=2.0)
-    await w.adjust(-3.0, now=3.0)  # the request failed: release its reservation
+    await w.adjust(-3.0, now=3.0, reserved_at=2.0)  # it failed: release its reservation
     assert await w.total(window_s=60, now=3.0) == 2.5
     assert await w.total(window_s=60, now=60.5) == 0.5
     assert await w.total(window_s=60, now=61.0) == 0.0
+
+
+async def test_a_release_refunds_its_own_reservation_not_the_newest() -> None:
+    # the budget shape of the TPM overrun: A reserves at 0, B at 30, A is released at 31
+    w = MemorySpendWindow()
+    assert await w.reserve(50.0, limit=100.0, window_s=60, now=0.0)
+    assert await w.reserve(50.0, limit=100.0, window_s=60, now=30.0)
+    await w.adjust(-50.0, now=31.0, reserved_at=0.0)
+    assert await w.reserve(50.0, limit=100.0, window_s=60, now=32.0)
+    # B (30) and C (32) are both still in every window ending before t=90
+    assert not await w.reserve(50.0, limit=100.0, window_s=60, now=60.5)
+    assert await w.earliest_room(50.0, limit=100.0, window_s=60, now=60.5) == 90.0
 
 
 async def test_earliest_room() -> None:

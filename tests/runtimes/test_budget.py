@@ -143,3 +143,36 @@ async def test_throttle_halves_concurrency_until_the_window_has_room(
         await trio.sleep(3601)
         await cluster.runtime("chat").budget.refresh()
         assert capacity.limit == 4
+
+
+TWENTY = {"chunks": ["tok "] * 20, "chunk_delay": "1s"}  # one token a chunk
+
+
+async def test_an_abandoned_stream_is_charged_for_what_it_produced(
+    mock_plugin, mock_deployment, autojump_clock
+) -> None:
+    dep = budgeted(mock_deployment, BudgetAction.REJECT, 1.0, config=TWENTY)
+    async with cluster_of(mock_plugin, dep) as cluster:
+        for _ in range(3):
+            async with cluster.stream("chat", prompt=PROMPT, max_tokens=20) as chunks:
+                seen = 0
+                async for _ in chunks:
+                    seen += 1
+                    if seen == 5:
+                        break
+            assert chunks.usage is None  # the usage chunk never came
+            assert chunks.cost_usd == pytest.approx((10 * 1 + 5 * 2) / 1e6)
+        assert cluster.list()[0].spend_hour_usd == pytest.approx(3 * (10 * 1 + 5 * 2) / 1e6)
+
+
+async def test_a_stream_the_upstream_cuts_is_charged_for_what_it_produced(
+    mock_plugin, mock_deployment, autojump_clock
+) -> None:
+    config = {**TWENTY, "fail_with": "server_error", "fail_after_chunks": 3}
+    dep = budgeted(mock_deployment, BudgetAction.REJECT, 1.0, config=config)
+    async with cluster_of(mock_plugin, dep) as cluster:
+        with pytest.raises(Exception, match="server_error"):
+            async with cluster.stream("chat", prompt=PROMPT, max_tokens=20) as chunks:
+                async for _ in chunks:
+                    pass
+        assert cluster.list()[0].spend_hour_usd == pytest.approx((10 * 1 + 3 * 2) / 1e6)

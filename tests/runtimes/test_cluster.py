@@ -226,6 +226,19 @@ def capped(mock_deployment: Any, name: str, policy: CapacityPolicy, **kw: Any) -
     )
 
 
+async def test_max_concurrent_holds_for_the_deployment_not_per_replica(
+    mock_plugin, mock_deployment, runners, autojump_clock
+) -> None:
+    dep = capped(mock_deployment, "chat", CapacityPolicy.REJECT, replicas=2)
+    async with cluster_of(mock_plugin, dep) as cluster:
+        assert cluster.runtime("chat").admission.capacity.limit == 1
+        async with cluster.stream("chat", messages=HELLO) as chunks:
+            await chunks.__anext__()
+            with pytest.raises(CapacityExhaustedError, match="1 of 1 slots busy"):
+                await cluster.complete("chat", messages=HELLO)
+        assert sum(r.counters.executions for r in runners.of("chat")) == 1
+
+
 async def test_capacity_reject_fails_at_once(mock_plugin, mock_deployment, autojump_clock) -> None:
     async with cluster_of(
         mock_plugin, capped(mock_deployment, "chat", CapacityPolicy.REJECT)

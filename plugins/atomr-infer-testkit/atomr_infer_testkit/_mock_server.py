@@ -174,6 +174,7 @@ class MockProviderServer:
         #: requests being answered now, and the most there ever were at once
         self.in_flight = 0
         self.peak_in_flight = 0
+        self._in_flight_waiters: list[tuple[int, trio.Event]] = []
         self.required_key: str | None = None
         self._routes: list[_Route] = []
         self._faults: collections.deque[Fault] = collections.deque()
@@ -346,6 +347,22 @@ class MockProviderServer:
         self._abort_waiters.append((count, event))
         await event.wait()
 
+    async def wait_for_in_flight(self, count: int) -> None:
+        """Return once at least ``count`` requests are being answered at the same time."""
+        if self.in_flight >= count:
+            return
+        event = trio.Event()
+        self._in_flight_waiters.append((count, event))
+        await event.wait()
+
+    def _enter_flight(self) -> None:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        for count, event in list(self._in_flight_waiters):
+            if self.in_flight >= count:
+                event.set()
+                self._in_flight_waiters.remove((count, event))
+
     def _note_aborted(self) -> None:
         self.aborted_streams += 1
         for count, event in list(self._abort_waiters):
@@ -369,8 +386,7 @@ class MockProviderServer:
             body=body,
         )
         self.requests.append(request)
-        self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self._enter_flight()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
