@@ -447,7 +447,7 @@ class Execution:
                 if error is None:
                     raise
                 raise error from None
-        self._produced(chunk)
+            self._produced(chunk)  # the first chunk was counted when it arrived
         if self._trace is not None:
             self._trace.chunk(chunk)
         return chunk

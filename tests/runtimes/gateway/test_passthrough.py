@@ -21,6 +21,7 @@ from atomr_infer_core import Deployment, RetryPolicy
 from atomr_infer_openai import _plugin as openai_plugin
 from atomr_infer_runtimes import open_cluster
 from atomr_infer_runtimes.gateway import open_gateway
+from atomr_infer_runtimes.gateway._messages import _CONSUMED, _TRANSLATED
 from atomr_infer_testkit import (
     MockAnthropicServer,
     mock_anthropic,
@@ -29,7 +30,8 @@ from atomr_infer_testkit import (
 )
 
 UPSTREAM_MODEL = "claude-sonnet-4-5-20250929"
-KNOWN = {"model", "messages", "max_tokens", "stream", "system", "tools", "tool_choice"}
+#: the top-level fields the Messages door reads (an "unknown" field must be none of these)
+KNOWN = set(_CONSUMED | _TRANSLATED)
 
 
 @asynccontextmanager
