@@ -6,6 +6,11 @@ Nothing here imports trio, httpx, quart, torch or onnxruntime; a test proves it.
 from __future__ import annotations
 
 from . import errors as errors
+from ._constraints import (
+    OutputConstraint as OutputConstraint,
+    ToolSpec as ToolSpec,
+    output_constraint as output_constraint,
+)
 from ._deployment import (
     Budget as Budget,
     BudgetAction as BudgetAction,
@@ -33,11 +38,15 @@ from ._kinds import (
     unregister_model_patterns as unregister_model_patterns,
 )
 from ._local import (
+    ResolvedSampling as ResolvedSampling,
+    SamplingDefaults as SamplingDefaults,
     SequenceOutput as SequenceOutput,
     StepModel as StepModel,
     StopScanner as StopScanner,
     advance_sequence as advance_sequence,
+    hold_tool_call as hold_tool_call,
     render_prompt as render_prompt,
+    resolve_sampling as resolve_sampling,
 )
 from ._messages import (
     ContentPart as ContentPart,
@@ -99,18 +108,21 @@ __all__ = [
     "Message",
     "ModelPrice",
     "ModelRunner",
+    "OutputConstraint",
     "PriceTable",
     "Priority",
     "ProviderKind",
     "RateLimits",
     "Replica",
     "RequestKind",
+    "ResolvedSampling",
     "RetryPolicy",
     "Role",
     "RunHandle",
     "RunnerContext",
     "RuntimeKind",
     "RuntimePlugin",
+    "SamplingDefaults",
     "SamplingParams",
     "Seconds",
     "Secret",
@@ -127,14 +139,18 @@ __all__ = [
     "TokenUsage",
     "Tokens",
     "TokensBuilder",
+    "ToolSpec",
     "TransportKind",
     "advance_sequence",
     "errors",
     "estimate_tokens",
+    "hold_tool_call",
     "hookimpl",
     "infer_runtime",
+    "output_constraint",
     "register_model_patterns",
     "render_prompt",
+    "resolve_sampling",
     "unregister_model_patterns",
 ]
 

@@ -334,6 +334,8 @@ class LocalEngineRunner:
             text_delta=out.text_delta,
             finish_reason=out.finish_reason,
             usage=out.usage,
+            tool_call_deltas=out.tool_call_deltas,
+            logprobs=out.logprobs,
         )
         try:
             seq.send.send_nowait(chunk)

@@ -31,6 +31,7 @@ from atomr_infer_core import (
     TransportKind,
     advance_sequence,
     render_prompt,
+    resolve_sampling,
 )
 from atomr_infer_core.errors import (
     BadRequestError,
@@ -288,15 +289,16 @@ class OnnxCausalLM(_OnnxBase):
                 max_tokens=self.max_positions,
             )
         s = batch.sampling
+        sampling = resolve_sampling(s, self.config.sampling_defaults)
         seed = s.seed if s.seed is not None else random.getrandbits(63)
         return _Row(
             seq_id=seq_id,
             tokens=ids,
             prompt_len=len(ids),
             max_new=min(s.max_tokens or self.config.default_max_tokens, room),
-            temperature=1.0 if s.temperature is None else s.temperature,
-            top_p=1.0 if s.top_p is None else s.top_p,
-            top_k=s.top_k or 0,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
             rng=np.random.default_rng(seed),
             scanner=StopScanner(s.stop),
             ignore_eos=bool(batch.extra.get("ignore_eos", False)),

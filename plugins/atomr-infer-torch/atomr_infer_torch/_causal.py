@@ -22,6 +22,7 @@ import attrs
 
 from atomr_infer_core import (
     ExecuteBatch,
+    OutputConstraint,
     RequestKind,
     RuntimeKind,
     SequenceOutput,
@@ -29,8 +30,12 @@ from atomr_infer_core import (
     StopScanner,
     TransportKind,
     advance_sequence,
+    hold_tool_call,
+    output_constraint,
     render_prompt,
+    resolve_sampling,
 )
+from atomr_infer_core._guided import GrammarCompiler, Guide
 from atomr_infer_core.errors import BadRequestError, ContextLengthExceededError
 
 from ._cache import cache_argument, make_cache, returned_layers
@@ -62,6 +67,13 @@ class _Row:
     pos: int
     ignore_eos: bool = False
     generated: list[int] = attrs.Factory(list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    #: the grammar state of a constrained sequence (response_format, a tool call)
+    guide: Guide | None = None
+    constraint: OutputConstraint | None = None
+    #: ``None``: no logprobs; else how many alternatives each token reports
+    top_logprobs: int | None = None
 
 
 class TorchCausalLM:
@@ -89,6 +101,8 @@ class TorchCausalLM:
         #: the keyword this model's forward takes its cache under (set by ``load``)
         self._cache_argument = "past_key_values"
         self._prefixes: OrderedDict[tuple[int, ...], tuple[list[Any], list[Any]]] = OrderedDict()
+        #: compiled grammars for this tokenizer (built at the first constrained request)
+        self._grammars: GrammarCompiler | None = None
         self._reset()
 
     # -- session ----------------------------------------------------------------------
@@ -125,6 +139,11 @@ class TorchCausalLM:
             getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
         )
         self.pad_id = self.tokenizer.pad_token_id or 0
+        out_embeddings = self.model.get_output_embeddings()
+        self.vocab_size = int(
+            out_embeddings.weight.shape[0] if out_embeddings is not None else cfg.vocab_size
+        )
+        self._grammars = None
         self._prefixes.clear()
         self._reset()
         log.info(
@@ -141,8 +160,21 @@ class TorchCausalLM:
 
     # -- prompts ----------------------------------------------------------------------
 
+    def _guide(self, constraint: OutputConstraint | None) -> Guide | None:
+        """A grammar state for ``constraint`` (compiled once per schema); raises
+        UnsupportedParameterError for a schema the grammar library cannot compile."""
+        if constraint is None:
+            return None
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(
+                self.tokenizer, vocab_size=self.vocab_size, eos_ids=self.eos_ids
+            )
+        return self._grammars.guide(constraint)
+
     def encode(self, batch: ExecuteBatch) -> list[int]:
-        text, special = render_prompt(self.tokenizer, batch)
+        constraint = output_constraint(batch)
+        tools = constraint.tools if constraint is not None and constraint.is_tool_call else ()
+        text, special = render_prompt(self.tokenizer, batch, tools=tools)
         ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
         if not ids:
             if self.tokenizer.bos_token_id is None:
@@ -157,6 +189,7 @@ class TorchCausalLM:
                 f"deployment {self.name!r} generates text; it does not embed", param="model"
             )
         ids = self.encode(batch)
+        self._guide(output_constraint(batch))  # compile now: a bad schema fails before a slot
         cached = max(
             (len(p) for p in self._prefixes if len(p) < len(ids) and tuple(ids[: len(p)]) == p),
             default=0,
@@ -199,23 +232,28 @@ class TorchCausalLM:
                 tokens=prompt_len,
                 max_tokens=self.max_positions,
             )
-        cfg = self.config
-        temperature = cfg.default_temperature if s.temperature is None else s.temperature
+        sampling = resolve_sampling(s, self.config.sampling_defaults)
+        constraint = output_constraint(batch)
         generator = None
-        if temperature > 0:
+        if not sampling.greedy:
             generator = self._torch.Generator(device="cpu")
             generator.manual_seed(s.seed if s.seed is not None else random.getrandbits(63))
         return _Row(
             seq_id=seq_id,
             prompt_len=prompt_len,
             max_new=min(s.max_tokens or self.config.default_max_tokens, room),
-            temperature=temperature,
-            top_p=cfg.default_top_p if s.top_p is None else s.top_p,
-            top_k=cfg.default_top_k if s.top_k is None else s.top_k,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
             generator=generator,
             scanner=StopScanner(s.stop),
             pos=prompt_len,
             ignore_eos=bool(batch.extra.get("ignore_eos", False)),
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            guide=self._guide(constraint),
+            constraint=constraint,
+            top_logprobs=(s.top_logprobs or 0) if s.logprobs else None,
         )
 
     def _forward(self, ids: Any, mask: Any, positions: Any, keys: list[Any], values: list[Any]):
@@ -387,9 +425,42 @@ class TorchCausalLM:
 
     # -- sampling and text ----------------------------------------------------------
 
-    def _sample(self, rows: list[_Row], logits: Any) -> list[int]:
+    def _shape(self, rows: list[_Row], logits: Any) -> Any:
+        """Logits after each row's penalties and grammar mask (rows without either are
+        left as they are, so free sequences decode exactly as alone)."""
         torch = self._torch
         logits = logits.float()
+        for i, row in enumerate(rows):
+            if (row.presence_penalty or row.frequency_penalty) and row.generated:
+                counts = torch.bincount(
+                    torch.tensor(row.generated, device=logits.device), minlength=logits.shape[-1]
+                )[: logits.shape[-1]].float()
+                logits[i] -= row.frequency_penalty * counts + row.presence_penalty * (counts > 0)
+        guides = [r.guide for r in rows]
+        if self._grammars is not None and any(g is not None for g in guides):
+            allowed = torch.from_numpy(self._grammars.masks(guides)).to(logits.device)
+            width = logits.shape[-1]
+            logits = logits.masked_fill(~allowed[:, :width], float("-inf"))
+        return logits
+
+    def _logprobs(self, row: _Row, logprobs: Any, token: int) -> dict[str, Any]:
+        """OpenAI's ``logprobs.content`` entry for ``token`` (from the shaped logits)."""
+        torch = self._torch
+
+        def entry(tok: int, value: float) -> dict[str, Any]:
+            text = self.tokenizer.decode([tok])
+            return {"token": text, "logprob": value, "bytes": list(text.encode())}
+
+        out = entry(token, float(logprobs[token]))
+        top: list[dict[str, Any]] = []
+        if row.top_logprobs:
+            values, ids = torch.topk(logprobs, row.top_logprobs)
+            top = [entry(int(t), float(v)) for v, t in zip(values, ids, strict=True)]
+        out["top_logprobs"] = top
+        return out
+
+    def _sample(self, rows: list[_Row], logits: Any) -> list[int]:
+        torch = self._torch
         greedy = logits.argmax(dim=-1).tolist()
         tokens: list[int] = []
         for i, row in enumerate(rows):
@@ -411,20 +482,32 @@ class TorchCausalLM:
         return tokens
 
     def _advance(self, rows: list[_Row], logits: Any) -> list[SequenceOutput]:
+        logits = self._shape(rows, logits)
+        tokens = self._sample(rows, logits)
+        logprobs = None
+        if any(r.top_logprobs is not None for r in rows):
+            logprobs = self._torch.log_softmax(logits, dim=-1).cpu()
         outputs = []
-        for row, token in zip(rows, self._sample(rows, logits), strict=True):
+        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
             row.generated.append(token)
+            if row.guide is not None:
+                row.guide.consume(token)
+            out = advance_sequence(
+                seq_id=row.seq_id,
+                generated=row.generated,
+                eos_ids=self.eos_ids,
+                ignore_eos=row.ignore_eos,
+                max_new=row.max_new,
+                prompt_len=row.prompt_len,
+                scanner=row.scanner,
+                decode=self._detokenize,
+            )
+            if logprobs is not None and row.top_logprobs is not None:
+                entry = self._logprobs(row, logprobs[i], token)
+                out = attrs.evolve(out, logprobs={"content": [entry]})
+            text = row.scanner.text[: row.scanner.sent]
             outputs.append(
-                advance_sequence(
-                    seq_id=row.seq_id,
-                    generated=row.generated,
-                    eos_ids=self.eos_ids,
-                    ignore_eos=row.ignore_eos,
-                    max_new=row.max_new,
-                    prompt_len=row.prompt_len,
-                    scanner=row.scanner,
-                    decode=self._detokenize,
-                )
+                hold_tool_call(out, row.constraint, text, "call_" + row.seq_id.replace("#", "_"))
             )
         return outputs
 

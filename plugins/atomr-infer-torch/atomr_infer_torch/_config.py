@@ -6,6 +6,7 @@ import enum
 
 import attrs
 
+from atomr_infer_core import SamplingDefaults
 from atomr_infer_core.validators import at_least, between
 
 __all__ = ["Task", "TorchConfig"]
@@ -53,8 +54,9 @@ class TorchConfig:
             (a system prompt, a chat template's preamble) and prefill only the rest.
         cache_dir: where downloaded wheels and converted weights are kept.
         default_temperature, default_top_p, default_top_k: sampling used when a request
-            leaves that field unset (OpenAI's defaults: temperature 1, top-p 1, no top-k).
-            Small models answer better with the values their authors recommend.
+            leaves that field unset. Greedy by default, as in every local runtime
+            (:class:`~atomr_infer_core.SamplingDefaults`); set ``default_temperature``
+            (and the authors' recommended top-p / top-k) to sample by default.
     """
 
     weights: str = ""
@@ -66,6 +68,14 @@ class TorchConfig:
     step_token_budget: int = attrs.field(default=384, validator=_positive)
     prefix_cache: bool = True
     cache_dir: str = "~/.cache/atomr-infer"
-    default_temperature: float = attrs.field(default=1.0, validator=between(0.0, 2.0))
+    default_temperature: float = attrs.field(default=0.0, validator=between(0.0, 2.0))
     default_top_p: float = attrs.field(default=1.0, validator=between(0.0, 1.0))
     default_top_k: int = attrs.field(default=0, validator=at_least(0))
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        return SamplingDefaults(
+            temperature=self.default_temperature,
+            top_p=self.default_top_p,
+            top_k=self.default_top_k,
+        )
