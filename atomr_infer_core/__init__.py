@@ -38,6 +38,7 @@ from ._kinds import (
     unregister_model_patterns as unregister_model_patterns,
 )
 from ._local import (
+    LOCAL_DECODER_FEATURES as LOCAL_DECODER_FEATURES,
     ResolvedSampling as ResolvedSampling,
     SamplingDefaults as SamplingDefaults,
     SequenceOutput as SequenceOutput,
@@ -89,6 +90,7 @@ __version__ = "0.2.0"
 DISTRIBUTION = "atomr-infer-trio"
 
 __all__ = [
+    "LOCAL_DECODER_FEATURES",
     "Budget",
     "BudgetAction",
     "CapacityPolicy",

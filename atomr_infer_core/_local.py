@@ -25,6 +25,7 @@ from ._runner import SessionRebuildCause
 from ._tokens import FinishReason, TokenUsage
 
 __all__ = [
+    "LOCAL_DECODER_FEATURES",
     "ResolvedSampling",
     "SamplingDefaults",
     "SequenceOutput",
@@ -57,6 +58,11 @@ class SequenceOutput:
     tool_call_deltas: tuple[Mapping[str, Any], ...] | None = None
     #: OpenAI chat-shaped logprobs of the tokens in ``text_delta`` (``{"content": [...]}``)
     logprobs: Mapping[str, Any] | None = None
+
+
+#: what the local runtimes (torch, onnx) honour, by the gateway's feature names: schemas
+#: and tool calls enforced by the decoder, token logprobs, several choices per request
+LOCAL_DECODER_FEATURES = frozenset({"json_object", "json_schema", "tools", "logprobs", "n"})
 
 
 @attrs.frozen(kw_only=True)

@@ -74,6 +74,8 @@ class Choice:
     finish_reason: FinishReason | None = None
     #: merged tool calls (OpenAI shape), when the model called tools
     tool_calls: tuple[Mapping[str, Any], ...] = ()
+    #: per-token logprobs (OpenAI chat ``logprobs.content`` entries), when asked for
+    logprobs: tuple[Mapping[str, Any], ...] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -110,6 +112,7 @@ class _ChoiceAcc:
     parts: list[str] = attrs.Factory(list)
     finish_reason: FinishReason | None = None
     tool_calls: dict[int, dict[str, Any]] = attrs.Factory(dict)
+    logprobs: list[Mapping[str, Any]] | None = None
 
 
 def _merge_tool_delta(calls: dict[int, dict[str, Any]], delta: Mapping[str, Any]) -> None:
@@ -144,6 +147,8 @@ class TokensBuilder:
             acc.parts.append(chunk.text_delta)
         for delta in chunk.tool_call_deltas or ():
             _merge_tool_delta(acc.tool_calls, delta)
+        if isinstance(chunk.logprobs, Mapping):
+            acc.logprobs = (acc.logprobs or []) + list(chunk.logprobs.get("content") or ())
         if chunk.finish_reason is not None:
             acc.finish_reason = chunk.finish_reason
         if chunk.usage is not None:
@@ -162,6 +167,7 @@ class TokensBuilder:
                 text="".join(acc.parts),
                 finish_reason=acc.finish_reason,
                 tool_calls=tuple(acc.tool_calls[k] for k in sorted(acc.tool_calls)),
+                logprobs=None if acc.logprobs is None else tuple(acc.logprobs),
             )
             for i, acc in sorted(self._choices.items())
         )
