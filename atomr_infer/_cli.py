@@ -318,6 +318,10 @@ def _spend(dep: dict[str, Any]) -> str:
 
 
 def _export_onnx(model: str, out: str) -> int:
+    from pathlib import Path
+
+    from atomr_infer_core import ConfigError
+
     try:
         from atomr_infer_torch import export_onnx
     except ImportError:
@@ -326,8 +330,18 @@ def _export_onnx(model: str, out: str) -> int:
             file=sys.stderr,
         )
         return 1
-    path = export_onnx(model, out)
+    try:
+        path = export_onnx(model, out)
+    except ConfigError as exc:  # a bad source: say which and what to give, no traceback
+        print(f"export-onnx: {exc}", file=sys.stderr)
+        return 2
     print(f"exported {model} to {path or out}")
+    folder = Path(out).resolve()
+    print(
+        "serve it with:\n\n[[deployment]]\n"
+        f'name = "{folder.name}"\nmodel = "{folder.name}"\nruntime = "onnx"\n'
+        f'[deployment.runtime_config]\npath = "{folder}"\n'
+    )
     return 0
 
 
