@@ -121,6 +121,9 @@ class LocalEngineRunner:
         self.runtime_kind = model.runtime_kind
         self.transport_kind = model.transport_kind
         self.capabilities = model.capabilities
+        #: the model keeps shared prompt prefixes cached (``auto`` replica routing then
+        #: sends requests sharing a prefix to the replica that holds it)
+        self.prefix_cache = bool(getattr(model, "prefix_cache", False))
         self.max_active = max(1, min(deployment.serving.max_concurrent, model.max_batch_size))
         if step_token_budget is None:
             step_token_budget = getattr(model, "step_token_budget", DEFAULT_STEP_TOKEN_BUDGET)

@@ -92,6 +92,8 @@ class TorchCausalLM:
         self.name = name
         self.max_batch_size = config.max_batch_size
         self.step_token_budget = config.step_token_budget
+        #: shared prompt prefixes are cached (the host routes replicas by prefix then)
+        self.prefix_cache = config.prefix_cache
         #: resolved by ``load`` ("auto" becomes "cpu" or "cuda:0")
         self.device = config.device
         self.transport_kind: TransportKind = expected_transport(config.device)
