@@ -47,6 +47,23 @@ __all__ = ["TorchCausalLM", "render_prompt"]  # render_prompt: from core, re-exp
 
 log = logging.getLogger("atomr_infer.torch")
 
+
+def lookup_draft(tokens: Sequence[int], k: int, *, longest: int = 3) -> list[int]:
+    """Prompt-lookup (n-gram) draft: the ``k`` tokens that followed the latest earlier
+    occurrence of the sequence's last ``longest``..1 tokens; empty when none occurs.
+    Extraction and editing answers copy spans of their input, so this guesses well
+    there and costs nothing."""
+    n_tokens = len(tokens)
+    if k <= 0:
+        return []
+    for n in range(min(longest, n_tokens - 1), 0, -1):
+        tail = list(tokens[n_tokens - n :])
+        for start in range(n_tokens - n - 1, -1, -1):
+            if list(tokens[start : start + n]) == tail:
+                return list(tokens[start + n : start + n + k])
+    return []
+
+
 #: shortest shared prompt prefix worth caching, and how many prefixes are kept
 MIN_PREFIX_TOKENS = 8
 PREFIX_CACHE_ENTRIES = 8
@@ -74,6 +91,18 @@ class _Row:
     constraint: OutputConstraint | None = None
     #: ``None``: no logprobs; else how many alternatives each token reports
     top_logprobs: int | None = None
+    #: the prompt's token ids (prompt-lookup drafts copy from them)
+    prompt: list[int] = attrs.Factory(list)
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing reshaping the logits: drafts can be verified by argmax."""
+        return (
+            self.temperature <= 0
+            and self.guide is None
+            and self.top_logprobs is None
+            and not (self.presence_penalty or self.frequency_penalty)
+        )
 
 
 class TorchCausalLM:
@@ -105,6 +134,9 @@ class TorchCausalLM:
         self._prefixes: OrderedDict[tuple[int, ...], tuple[list[Any], list[Any]]] = OrderedDict()
         #: compiled grammars for this tokenizer (built at the first constrained request)
         self._grammars: GrammarCompiler | None = None
+        #: prompt-lookup draft tokens proposed and accepted so far
+        self.drafted = 0
+        self.accepted = 0
         self._reset()
 
     # -- session ----------------------------------------------------------------------
@@ -258,7 +290,16 @@ class TorchCausalLM:
             top_logprobs=(s.top_logprobs or 0) if s.logprobs else None,
         )
 
-    def _forward(self, ids: Any, mask: Any, positions: Any, keys: list[Any], values: list[Any]):
+    def _forward(
+        self,
+        ids: Any,
+        mask: Any,
+        positions: Any,
+        keys: list[Any],
+        values: list[Any],
+        *,
+        every_position: bool = False,
+    ):
         cache = make_cache(list(zip(keys, values, strict=True)))
         out = self.model(
             input_ids=ids,
@@ -268,9 +309,17 @@ class TorchCausalLM:
             **{self._cache_argument: cache},
         )
         layers = returned_layers(out)
-        return out.logits[:, -1, :], [la.keys for la in layers], [la.values for la in layers]
+        logits = out.logits if every_position else out.logits[:, -1, :]
+        return logits, [la.keys for la in layers], [la.values for la in layers]
 
     def _decode(self) -> list[SequenceOutput]:
+        if self.config.speculative == "prompt_lookup":
+            drafts = [
+                lookup_draft(r.prompt + r.generated, self._draft_room(r)) if r.plain_greedy else []
+                for r in self._rows
+            ]
+            if any(drafts):
+                return self._decode_drafts(drafts)
         torch = self._torch
         rows = self._rows
         ids = torch.tensor([[r.generated[-1]] for r in rows], device=self.device)
@@ -297,6 +346,7 @@ class TorchCausalLM:
                 outputs.append(SequenceOutput(seq_id=seq_id, error=exc))
                 continue
             prompts.append(ids)
+            rows[-1].prompt = list(ids)
         if not rows:
             return outputs
         prefix = self._shared_prefix(prompts)
@@ -315,6 +365,84 @@ class TorchCausalLM:
         logits, keys, values = self._forward(ids, mask, positions, past_keys, past_values)
         self._merge(rows, keys, values, mask)
         return outputs + self._advance(rows, logits)
+
+    def _draft_room(self, row: _Row) -> int:
+        """Draft tokens ``row`` may take: within the output and the context window."""
+        left = row.max_new - len(row.generated) - 1
+        return max(0, min(self.config.speculative_tokens, left, self.max_positions - row.pos - 1))
+
+    def _decode_drafts(self, drafts: list[list[int]]) -> list[SequenceOutput]:
+        """One forward pass that verifies every row's draft: each row feeds its last
+        token and its draft (right-padded to the longest), keeps the draft tokens that
+        greedy decoding would have chosen plus the model's next token, and masks the
+        cache columns of the rest, so the text is exactly plain greedy decoding's."""
+        torch = self._torch
+        rows = self._rows
+        width = 1 + max(len(d) for d in drafts)
+        feed = [
+            [r.generated[-1], *d] + [self.pad_id] * (width - 1 - len(d))
+            for r, d in zip(rows, drafts, strict=True)
+        ]
+        fresh = [[1] * (1 + len(d)) + [0] * (width - 1 - len(d)) for d in drafts]
+        ids = torch.tensor(feed, device=self.device)
+        positions = torch.tensor(
+            [[r.pos + j for j in range(width)] for r in rows], device=self.device
+        )
+        mask = torch.cat(
+            [self._mask, torch.tensor(fresh, device=self.device, dtype=self._mask.dtype)], dim=1
+        )
+        logits, self._keys, self._values = self._forward(
+            ids, mask, positions, self._keys, self._values, every_position=True
+        )
+        chosen = logits.argmax(dim=-1).tolist()
+        outputs: list[SequenceOutput] = []
+        kept = [row[:] for row in fresh]
+        # sampled, constrained or logprob rows: their one new token, the usual way
+        others = [i for i, r in enumerate(rows) if not r.plain_greedy]
+        if others:
+            for i in others:
+                rows[i].pos += 1
+            index = torch.tensor(others, device=self.device)
+            outputs += self._advance([rows[i] for i in others], logits[index, 0, :])
+        for i, (row, draft) in enumerate(zip(rows, drafts, strict=True)):
+            if not row.plain_greedy:
+                continue
+            accepted = 0
+            while accepted < len(draft) and draft[accepted] == chosen[i][accepted]:
+                accepted += 1
+            for j in range(1 + accepted, width):
+                kept[i][j] = 0  # rejected draft tokens: never attended again
+            tokens = [*draft[:accepted], chosen[i][accepted]]
+            row.pos += 1 + accepted
+            self.drafted += len(draft)
+            self.accepted += accepted
+            outputs.append(self._advance_tokens(row, tokens))
+        self._mask = torch.cat(
+            [self._mask, torch.tensor(kept, device=self.device, dtype=self._mask.dtype)], dim=1
+        )
+        return outputs
+
+    def _advance_tokens(self, row: _Row, tokens: list[int]) -> SequenceOutput:
+        """``row`` advanced by several greedy tokens at once, as one output."""
+        text = ""
+        out = None
+        for token in tokens:
+            row.generated.append(token)
+            out = advance_sequence(
+                seq_id=row.seq_id,
+                generated=row.generated,
+                eos_ids=self.eos_ids,
+                ignore_eos=row.ignore_eos,
+                max_new=row.max_new,
+                prompt_len=row.prompt_len,
+                scanner=row.scanner,
+                decode=self._detokenize,
+            )
+            text += out.text_delta
+            if out.finish_reason is not None:
+                break
+        assert out is not None
+        return attrs.evolve(out, text_delta=text, new_tokens=len(tokens))
 
     # -- prefix cache ---------------------------------------------------------------
 

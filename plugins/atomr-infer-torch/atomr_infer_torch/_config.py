@@ -53,6 +53,11 @@ class TorchConfig:
         prefix_cache: keep the keys and values of prompt prefixes that requests share
             (a system prompt, a chat template's preamble) and prefill only the rest.
         cache_dir: where downloaded wheels and converted weights are kept.
+        speculative: ``"none"`` or ``"prompt_lookup"``: greedy sequences propose up to
+            ``speculative_tokens`` tokens copied from their own context (n-gram lookup)
+            and one forward pass verifies them for the whole batch; the text is exactly
+            plain greedy decoding's, faster when answers copy from the prompt.
+        speculative_tokens: most draft tokens per sequence and step.
         default_temperature, default_top_p, default_top_k: sampling used when a request
             leaves that field unset. Greedy by default, as in every local runtime
             (:class:`~atomr_infer_core.SamplingDefaults`); set ``default_temperature``
@@ -67,6 +72,10 @@ class TorchConfig:
     default_max_tokens: int = attrs.field(default=256, validator=_positive)
     step_token_budget: int = attrs.field(default=384, validator=_positive)
     prefix_cache: bool = True
+    speculative: str = attrs.field(
+        default="none", validator=attrs.validators.in_(("none", "prompt_lookup"))
+    )
+    speculative_tokens: int = attrs.field(default=4, validator=_positive)
     cache_dir: str = "~/.cache/atomr-infer"
     default_temperature: float = attrs.field(default=0.0, validator=between(0.0, 2.0))
     default_top_p: float = attrs.field(default=1.0, validator=between(0.0, 1.0))
