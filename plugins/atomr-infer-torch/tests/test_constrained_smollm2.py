@@ -145,6 +145,7 @@ async def test_json_schema_and_required_tool_calls_validate_through_the_gateway(
     schema_replies: list[tuple[dict[str, Any], Any]] = []
     tool_replies: list[Any] = []
     free_beside: dict[int, str] = {}
+    streamed: list[Any] = []
 
     async with open_cluster(config, plugins=[_plugin], load_entry_points=False) as cluster:
         async with open_gateway(cluster) as url:
@@ -190,7 +191,19 @@ async def test_json_schema_and_required_tool_calls_validate_through_the_gateway(
                     )
                     free_beside[i] = reply.choices[0].message.content
 
+                async def streamed_tool_request() -> None:
+                    stream = await client.chat.completions.create(
+                        model="smollm2",
+                        messages=[{"role": "user", "content": TOOL_QUESTIONS[0]}],
+                        max_tokens=120,
+                        tools=TOOLS,
+                        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                        stream=True,
+                    )
+                    streamed.extend([c async for c in stream])
+
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(streamed_tool_request)
                     for i in range(20):
                         nursery.start_soon(schema_request, i)
                         nursery.start_soon(tool_request, i)
@@ -210,3 +223,8 @@ async def test_json_schema_and_required_tool_calls_validate_through_the_gateway(
         assert call.type == "function" and call.id
         jsonschema.validate(json.loads(call.function.arguments), by_name[call.function.name])
     assert [free_beside[i] for i in range(len(FREE))] == free_alone
+    deltas = [d for c in streamed if c.choices for d in c.choices[0].delta.tool_calls or ()]
+    assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == "tool_calls"
+    assert [d.function.name for d in deltas] == ["get_weather"]
+    arguments = json.loads("".join(d.function.arguments for d in deltas))
+    jsonschema.validate(arguments, by_name["get_weather"])
