@@ -634,7 +634,9 @@ class CompletionStreamEncoder(_StreamEncoder):
             return b""
         finish = str(chunk.finish_reason) if chunk.finish_reason is not None else None
         logprobs = None
-        if isinstance(chunk.logprobs, Mapping):
+        if isinstance(chunk.logprobs, Mapping) and "tokens" in chunk.logprobs:
+            logprobs = dict(chunk.logprobs)  # already the legacy shape (an upstream's own)
+        elif isinstance(chunk.logprobs, Mapping):
             offset = self._offsets.get(chunk.index, 0)
             logprobs = completion_logprobs(chunk.logprobs.get("content") or (), offset)
             self._offsets[chunk.index] = offset + sum(len(t) for t in logprobs["tokens"])
