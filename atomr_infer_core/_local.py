@@ -12,17 +12,30 @@ worker thread at a time, never concurrently, so a StepModel needs no locks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Sequence
+import json
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from ._constraints import OutputConstraint, ToolSpec
 from ._kinds import RuntimeKind, TransportKind
-from ._messages import ExecuteBatch, RequestKind
+from ._messages import ExecuteBatch, RequestKind, SamplingParams
 from ._runner import SessionRebuildCause
 from ._tokens import FinishReason, TokenUsage
 
-__all__ = ["SequenceOutput", "StepModel", "StopScanner", "advance_sequence", "render_prompt"]
+__all__ = [
+    "LOCAL_DECODER_FEATURES",
+    "ResolvedSampling",
+    "SamplingDefaults",
+    "SequenceOutput",
+    "StepModel",
+    "StopScanner",
+    "advance_sequence",
+    "hold_tool_call",
+    "render_prompt",
+    "resolve_sampling",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -41,6 +54,58 @@ class SequenceOutput:
     finish_reason: FinishReason | None = None
     usage: TokenUsage | None = None
     error: Exception | None = None
+    #: OpenAI-shaped tool-call deltas (a tool call the decoder enforced, sent at the end)
+    tool_call_deltas: tuple[Mapping[str, Any], ...] | None = None
+    #: OpenAI chat-shaped logprobs of the tokens in ``text_delta`` (``{"content": [...]}``)
+    logprobs: Mapping[str, Any] | None = None
+
+
+#: what the local runtimes (torch, onnx) honour, by the gateway's feature names: schemas
+#: and tool calls enforced by the decoder, token logprobs, several choices per request
+LOCAL_DECODER_FEATURES = frozenset({"json_object", "json_schema", "tools", "logprobs", "n"})
+
+
+@attrs.frozen(kw_only=True)
+class SamplingDefaults:
+    """A local deployment's sampling for the fields a request leaves unset.
+
+    The one rule every local runtime follows: greedy (temperature 0) unless the request
+    or the deployment (``default_temperature`` in its ``runtime_config``) says otherwise.
+    Small local models ramble at OpenAI's temperature 1; a request that wants sampling
+    sends ``temperature``.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class ResolvedSampling:
+    """What one sequence samples with: the request's fields, else the deployment's."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+def resolve_sampling(params: SamplingParams, defaults: SamplingDefaults) -> ResolvedSampling:
+    """``params`` with every unset field taken from ``defaults`` (torch and onnx share it)."""
+    return ResolvedSampling(
+        temperature=defaults.temperature if params.temperature is None else params.temperature,
+        top_p=defaults.top_p if params.top_p is None else params.top_p,
+        top_k=defaults.top_k if params.top_k is None else params.top_k,
+        seed=params.seed,
+        presence_penalty=params.presence_penalty or 0.0,
+        frequency_penalty=params.frequency_penalty or 0.0,
+    )
 
 
 @runtime_checkable
@@ -161,13 +226,55 @@ def advance_sequence(
     )
 
 
-def render_prompt(tokenizer: Any, batch: ExecuteBatch) -> tuple[str, bool]:
+def hold_tool_call(
+    out: SequenceOutput, constraint: OutputConstraint | None, text: str, call_id: str
+) -> SequenceOutput:
+    """``out`` for a sequence whose output the decoder constrains to a tool call.
+
+    Text is held back while the call is being generated; the finishing step carries the
+    call as ``tool_call_deltas`` with finish reason ``tool_calls``. ``text`` is the whole
+    output so far. An output cut short (``max_tokens``) goes out as text instead, with
+    its own finish reason. Other sequences' outputs pass through unchanged.
+    """
+    if constraint is None or not constraint.is_tool_call or out.error is not None:
+        return out
+    if out.finish_reason is None:
+        return attrs.evolve(out, text_delta="", logprobs=None)
+    calls = constraint.tool_calls(text, call_id)
+    if not calls:
+        return attrs.evolve(out, text_delta=text, logprobs=None)
+    return attrs.evolve(
+        out,
+        text_delta="",
+        logprobs=None,
+        tool_call_deltas=calls,
+        finish_reason=FinishReason.TOOL_CALLS,
+    )
+
+
+def _tools_note(tools: Sequence[ToolSpec]) -> str:
+    listed = [
+        {"name": t.name, "description": t.description, "parameters": dict(t.parameters)}
+        for t in tools
+    ]
+    return (
+        "You can call these functions:\n"
+        + json.dumps(listed)
+        + "\nAnswer with the function call as JSON."
+    )
+
+
+def render_prompt(
+    tokenizer: Any, batch: ExecuteBatch, *, tools: Sequence[ToolSpec] = ()
+) -> tuple[str, bool]:
     """The prompt text of ``batch`` and whether the tokenizer should add special tokens.
 
     Chat requests use the tokenizer's chat template when it has one (it adds its own
     special tokens), else a plain ``role: text`` transcript ending in ``assistant:``.
     ``developer`` messages are sent as ``system`` (chat templates know no other).
-    Shared by the local runtimes so a prompt renders the same on torch and ONNX.
+    ``tools`` (a tool call the decoder enforces) go to the template when it renders
+    tools, else into a system message listing them. Shared by the local runtimes so a
+    prompt renders the same on torch and ONNX.
     """
     if batch.messages is None:
         return batch.prompt or "", True
@@ -175,8 +282,26 @@ def render_prompt(tokenizer: Any, batch: ExecuteBatch) -> tuple[str, bool]:
         {"role": "system" if str(m.role) == "developer" else str(m.role), "content": m.text}
         for m in batch.messages
     ]
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    template = getattr(tokenizer, "chat_template", None)
+    kwargs: dict[str, Any] = {}
+    if tools and template and "tools" in template:
+        kwargs["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": dict(t.parameters),
+                },
+            }
+            for t in tools
+        ]
+    elif tools:
+        messages.insert(0, {"role": "system", "content": _tools_note(tools)})
+    if template:
+        text = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **kwargs
+        )
         return text, False
     lines = [f"{m['role']}: {m['content']}" for m in messages]
     return "\n".join([*lines, "assistant:"]), True

@@ -55,6 +55,10 @@ class RuntimePlugin:
         package: the distribution to ``pip install`` for it.
         default_deployments: deployments ``serve`` runs when started with no config
             (local runtimes use it for the embedded default; remote ones leave it empty).
+        features: the request features its runners honour, by the names the gateway's
+            feature check uses (``"tools"``, ``"json_schema"``, ``"json_object"``,
+            ``"logprobs"``, ``"n"``); a request asking for another is refused with 400
+            ``unsupported_parameter`` instead of being answered while ignoring it.
     """
 
     name: RuntimeKind = attrs.field(converter=_kind)
@@ -66,6 +70,7 @@ class RuntimePlugin:
     package: str = ""
     description: str = ""
     default_deployments: tuple[Deployment, ...] = attrs.field(default=(), converter=tuple)
+    features: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
 
     def structure_config(self, raw: Mapping[str, Any], *, path: str = "runtime_config") -> Any:
         """Structure a deployment's raw ``runtime_config`` into ``config_class``."""

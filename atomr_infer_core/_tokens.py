@@ -82,6 +82,8 @@ class Choice:
     tool_calls: tuple[Mapping[str, Any], ...] = ()
     #: the reasoning text the runtime reported, if any
     reasoning: str = ""
+    #: per-token logprobs (OpenAI chat ``logprobs.content`` entries), when asked for
+    logprobs: tuple[Mapping[str, Any], ...] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -119,6 +121,7 @@ class _ChoiceAcc:
     reasoning: list[str] = attrs.Factory(list)
     finish_reason: FinishReason | None = None
     tool_calls: dict[int, dict[str, Any]] = attrs.Factory(dict)
+    logprobs: list[Mapping[str, Any]] | None = None
 
 
 def _merge_tool_delta(calls: dict[int, dict[str, Any]], delta: Mapping[str, Any]) -> None:
@@ -155,6 +158,8 @@ class TokensBuilder:
             acc.reasoning.append(chunk.reasoning_delta)
         for delta in chunk.tool_call_deltas or ():
             _merge_tool_delta(acc.tool_calls, delta)
+        if isinstance(chunk.logprobs, Mapping):
+            acc.logprobs = (acc.logprobs or []) + list(chunk.logprobs.get("content") or ())
         if chunk.finish_reason is not None:
             acc.finish_reason = chunk.finish_reason
         if chunk.usage is not None:
@@ -174,6 +179,7 @@ class TokensBuilder:
                 finish_reason=acc.finish_reason,
                 tool_calls=tuple(acc.tool_calls[k] for k in sorted(acc.tool_calls)),
                 reasoning="".join(acc.reasoning),
+                logprobs=None if acc.logprobs is None else tuple(acc.logprobs),
             )
             for i, acc in sorted(self._choices.items())
         )

@@ -71,6 +71,10 @@ class _Sequence:
     cost: int | None = None
     active: bool = False
     closed: bool = False
+    #: the choice this sequence generates (``n > 1`` runs one sequence per choice)
+    index: int = 0
+    #: output tokens of the request's choices that finished so far (shared by them)
+    group: list[int] | None = None
 
 
 @attrs.define(eq=False)
@@ -117,6 +121,9 @@ class LocalEngineRunner:
         self.runtime_kind = model.runtime_kind
         self.transport_kind = model.transport_kind
         self.capabilities = model.capabilities
+        #: the model keeps shared prompt prefixes cached (``auto`` replica routing then
+        #: sends requests sharing a prefix to the replica that holds it)
+        self.prefix_cache = bool(getattr(model, "prefix_cache", False))
         self.max_active = max(1, min(deployment.serving.max_concurrent, model.max_batch_size))
         if step_token_budget is None:
             step_token_budget = getattr(model, "step_token_budget", DEFAULT_STEP_TOKEN_BUDGET)
@@ -329,11 +336,20 @@ class LocalEngineRunner:
                 error = InternalError(f"local model failed a sequence: {error!r}")
             _fail(seq.send, error)
             return
+        usage = out.usage
+        if usage is not None and seq.group is not None:
+            # usage is cumulative per request: the choices' outputs add up, the prompt
+            # counts once
+            seq.group.append(usage.output_tokens)
+            usage = attrs.evolve(usage, output_tokens=sum(seq.group))
         chunk = TokenChunk(
             request_id=seq.batch.request_id,
             text_delta=out.text_delta,
+            index=seq.index,
             finish_reason=out.finish_reason,
-            usage=out.usage,
+            usage=usage,
+            tool_call_deltas=out.tool_call_deltas,
+            logprobs=out.logprobs,
         )
         try:
             seq.send.send_nowait(chunk)
@@ -430,12 +446,6 @@ class LocalEngineRunner:
                 f"not {batch.kind}",
                 param="model",
             )
-        if batch.sampling.n != 1:
-            raise BadRequestError(
-                f"local deployment {self.deployment.name!r} generates one choice per "
-                "request; send n=1",
-                param="n",
-            )
 
     def execute(self, batch: ExecuteBatch) -> RunHandle:
         """Queue ``batch``; the handle yields its chunks as steps produce them.
@@ -449,18 +459,46 @@ class LocalEngineRunner:
     async def _handle(self, batch: ExecuteBatch) -> AsyncIterator[AsyncIterator[TokenChunk]]:
         self._check(batch)
         send, receive = trio.open_memory_channel[TokenChunk | InferenceError](math.inf)
+        entries: list[_Sequence | _Embedding]
         if batch.kind is RequestKind.EMBEDDING:
-            entry: _Sequence | _Embedding = _Embedding(batch=batch, send=send)
-            self._embeds.append(entry)
+            entries = [_Embedding(batch=batch, send=send)]
+            self._embeds.extend(entries)  # type: ignore[arg-type]
         else:
-            entry = _Sequence(seq_id=f"{batch.request_id}#{next(_ids)}", batch=batch, send=send)
-            self._waiting.append(entry)
+            entries = list(self._choices(batch, send))
+            self._waiting.extend(entries)  # type: ignore[arg-type]
         self._work.set()
         try:
             with receive:
                 yield self._chunks(receive)
         finally:
-            self._release(entry)
+            for entry in entries:
+                self._release(entry)
+
+    def _choices(
+        self, batch: ExecuteBatch, send: trio.MemorySendChannel[TokenChunk | InferenceError]
+    ) -> list[_Sequence]:
+        """One sequence per choice (``n``), generated side by side in the batch; each
+        sends on its own clone of the request's channel, which ends when all have.
+        Choice ``i`` of a seeded request samples with ``seed + i``."""
+        n = batch.sampling.n
+        if n == 1:
+            return [_Sequence(seq_id=f"{batch.request_id}#{next(_ids)}", batch=batch, send=send)]
+        seqs = []
+        group: list[int] = []
+        for i in range(n):
+            seed = batch.sampling.seed
+            sampling = attrs.evolve(batch.sampling, n=1, seed=None if seed is None else seed + i)
+            seqs.append(
+                _Sequence(
+                    seq_id=f"{batch.request_id}#{next(_ids)}",
+                    batch=attrs.evolve(batch, sampling=sampling),
+                    send=send.clone(),
+                    index=i,
+                    group=group,
+                )
+            )
+        send.close()
+        return seqs
 
     async def _chunks(
         self, receive: trio.MemoryReceiveChannel[TokenChunk | InferenceError]

@@ -394,7 +394,7 @@ class Execution:
         while True:
             if runtime.state is not DeploymentState.SERVING:
                 await self._wait_serving(runtime)
-            replica = runtime.pick_replica()
+            replica = runtime.pick_replica(self.batch)
             if replica is not None:
                 return replica
             await runtime.wait_changed()

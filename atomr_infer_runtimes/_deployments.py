@@ -22,8 +22,10 @@ import trio
 
 from atomr_infer_core import (
     Deployment,
+    ExecuteBatch,
     ModelRunner,
     RateLimits,
+    ReplicaRouting,
     RunnerContext,
     RuntimePlugin,
     SessionRebuildCause,
@@ -34,7 +36,7 @@ from atomr_infer_core.errors import InferenceError, SessionPoisonedError
 from ._admission import Admission
 from ._budget import BudgetGuard
 from ._metrics import ClusterMetrics
-from ._routing import least_outstanding
+from ._routing import PrefixOwners, cache_aware, least_outstanding, prefix_keys
 from ._supervisor import ChildState, RestartPolicy, SupervisedChild, Supervisor
 
 __all__ = [
@@ -162,6 +164,14 @@ class DeploymentRuntime:
         self.cancel_scope = trio.CancelScope()
         self._changed = trio.Event()
         self._last_pick = -1
+        #: who holds which prompt prefix (``cache_aware`` routing with several replicas);
+        #: ``auto`` decides at the first pick, from whether the runner caches prefixes
+        self.prefix_owners: PrefixOwners | None = None
+        self._routing_decided = deployment.replicas == 1
+        if deployment.replicas > 1 and deployment.serving.routing is not ReplicaRouting.AUTO:
+            self._routing_decided = True
+            if deployment.serving.routing is ReplicaRouting.CACHE_AWARE:
+                self.prefix_owners = PrefixOwners()
         price = plugin.prices.lookup(deployment.model)
         self.price = price
         self.budget = BudgetGuard(deployment, price, state_backend, metrics, clock)
@@ -197,12 +207,24 @@ class DeploymentRuntime:
     def outstanding(self) -> int:
         return sum(r.outstanding for r in self.replicas)
 
-    def pick_replica(self) -> ReplicaSlot | None:
-        """The serving replica with the fewest outstanding requests (ties round-robin)."""
-        idx = least_outstanding(
-            ((r.index, r.outstanding) for r in self.replicas if r.state is ReplicaState.SERVING),
-            after=self._last_pick,
-        )
+    def pick_replica(self, batch: ExecuteBatch | None = None) -> ReplicaSlot | None:
+        """The serving replica for ``batch``: with ``cache_aware`` routing the one that
+        served its longest prompt prefix unless its load diverges, else the one with the
+        fewest outstanding requests (ties round-robin)."""
+        serving = [
+            (r.index, r.outstanding) for r in self.replicas if r.state is ReplicaState.SERVING
+        ]
+        if not self._routing_decided and serving:
+            self._routing_decided = True
+            if getattr(self.replicas[serving[0][0]].runner, "prefix_cache", False):
+                self.prefix_owners = PrefixOwners()
+        if self.prefix_owners is None or batch is None:
+            idx = least_outstanding(serving, after=self._last_pick)
+        else:
+            keys = prefix_keys(batch)
+            idx = cache_aware(serving, keys, self.prefix_owners, after=self._last_pick)
+            if idx is not None:
+                self.prefix_owners.record(keys, idx)
         if idx is None:
             return None
         self._last_pick = idx
@@ -293,6 +315,8 @@ class DeploymentRuntime:
 
         def on_crash(child: SupervisedChild, error: BaseException) -> None:
             replica.state = ReplicaState.DOWN
+            if self.prefix_owners is not None:
+                self.prefix_owners.forget(replica.index)
             replica.restarts = child.restarts
             self.metrics.restarts.labels(self.name).inc()
             log.warning(

@@ -5,11 +5,29 @@ No trio, no clocks: the cluster feeds these functions its live tables.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 
+from atomr_infer_core import ExecuteBatch
 from atomr_infer_core.errors import NotFoundError
 
-__all__ = ["fallback_chain", "least_outstanding", "resolve_deployment"]
+__all__ = [
+    "PrefixOwners",
+    "cache_aware",
+    "fallback_chain",
+    "least_outstanding",
+    "prefix_keys",
+    "resolve_deployment",
+]
+
+#: a replica holding a request's prefix keeps it while it carries fewer than this many
+#: requests beyond the least loaded replica; past that, least outstanding wins
+AFFINITY_SLACK = 4
+#: prompt prefixes remembered per deployment
+PREFIX_OWNERS = 4096
+#: a completion prompt's prefixes are taken every this many characters
+PROMPT_CHUNK_CHARS = 256
 
 
 def resolve_deployment(model: str, deployments: Mapping[str, str]) -> str:
@@ -71,3 +89,69 @@ def least_outstanding(
         if idx > after:
             return idx
     return tied[0]
+
+
+def prefix_keys(batch: ExecuteBatch) -> list[bytes]:
+    """Keys of the prompt prefixes of ``batch``, shortest first.
+
+    Chat: one key per leading run of messages (the system prompt; the conversation so
+    far), so the next turn of a conversation shares every key of this one. Completion:
+    one key per ``PROMPT_CHUNK_CHARS`` characters of the prompt, and the whole prompt.
+    """
+    digest = hashlib.blake2b(digest_size=12)
+    keys: list[bytes] = []
+    if batch.messages is not None:
+        for message in batch.messages:
+            digest.update(str(message.role).encode() + b"\x00" + message.text.encode() + b"\x01")
+            keys.append(digest.copy().digest())
+        return keys
+    text = batch.prompt or ""
+    for start in range(0, len(text), PROMPT_CHUNK_CHARS):
+        digest.update(text[start : start + PROMPT_CHUNK_CHARS].encode())
+        keys.append(digest.copy().digest())
+    return keys
+
+
+class PrefixOwners:
+    """Which replica last served each prompt prefix (LRU, bounded)."""
+
+    def __init__(self, capacity: int = PREFIX_OWNERS) -> None:
+        self.capacity = capacity
+        self._owner: OrderedDict[bytes, int] = OrderedDict()
+
+    def owner(self, key: bytes) -> int | None:
+        return self._owner.get(key)
+
+    def record(self, keys: Sequence[bytes], replica: int) -> None:
+        for key in keys:
+            self._owner[key] = replica
+            self._owner.move_to_end(key)
+        while len(self._owner) > self.capacity:
+            self._owner.popitem(last=False)
+
+    def forget(self, replica: int) -> None:
+        """``replica`` restarted: its cache is gone."""
+        for key in [k for k, v in self._owner.items() if v == replica]:
+            del self._owner[key]
+
+
+def cache_aware(
+    candidates: Iterable[tuple[int, int]],
+    keys: Sequence[bytes],
+    owners: PrefixOwners,
+    *,
+    after: int = -1,
+    slack: int = AFFINITY_SLACK,
+) -> int | None:
+    """The replica holding the longest of ``keys`` if its load is within ``slack`` of
+    the least loaded replica's, else :func:`least_outstanding`."""
+    pool = list(candidates)
+    if not pool:
+        return None
+    load = dict(pool)
+    fewest = min(load.values())
+    for key in reversed(keys):
+        idx = owners.owner(key)
+        if idx is not None and idx in load and load[idx] - fewest < slack:
+            return idx
+    return least_outstanding(pool, after=after)

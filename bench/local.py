@@ -1,13 +1,16 @@
 """Local continuous batching vs plain transformers generate, for SmolLM2-135M on this machine.
 
     .venv/bin/python bench/local.py [--new-tokens 64] [--levels 1,4,16] [--sequential 4]
+        [--constrained] [--no-baselines]
 
 Prints aggregate tokens/s and p50/p99 time to first token at each concurrency level,
 through the torch plugin's step model served by ``LocalEngineRunner`` (continuous
 batching), next to the same requests run one after another with ``model.generate``, and
 next to one static ``model.generate`` call over all 16 prompts (left-padded), all in the
 same process, greedy, exactly ``--new-tokens`` tokens per request (end-of-sequence
-ignored on both sides so every row does the same work).
+ignored on both sides so every row does the same work). ``--constrained`` adds a row at the
+highest level where every other request carries a ``response_format`` json_schema (an
+array of at least 64 digits, so constrained rows do the same number of steps).
 """
 
 from __future__ import annotations
@@ -56,19 +59,30 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def batch_for(i: int, new_tokens: int) -> ExecuteBatch:
+#: never complete within the bench's new tokens: constrained rows run every step
+DIGITS = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "digits",
+        "schema": {"type": "array", "items": {"enum": [1, 2, 3]}, "minItems": 64},
+    },
+}
+
+
+def batch_for(i: int, new_tokens: int, constrained: bool = False) -> ExecuteBatch:
     return ExecuteBatch(
         request_id=f"b{i}",
         model="smollm2",
         messages=[Message(role="user", content=QUESTIONS[i % len(QUESTIONS)])],
         sampling=SamplingParams(temperature=0.0, max_tokens=new_tokens),
         stream=True,
+        response_format=DIGITS if constrained and i % 2 else None,
         extra={"ignore_eos": True},
     )
 
 
 async def engine_level(
-    runner: LocalEngineRunner, level: int, total: int, new_tokens: int
+    runner: LocalEngineRunner, level: int, total: int, new_tokens: int, constrained: bool = False
 ) -> tuple[float, list[float], int]:
     """``total`` requests, ``level`` in flight at once; returns (seconds, ttfts, tokens)."""
     ttfts: list[float] = []
@@ -80,7 +94,7 @@ async def engine_level(
         async with limit:
             start = trio.current_time()
             first = None
-            async with runner.execute(batch_for(i, new_tokens)) as chunks:
+            async with runner.execute(batch_for(i, new_tokens, constrained)) as chunks:
                 async for chunk in chunks:
                     if first is None:
                         first = trio.current_time() - start
@@ -135,6 +149,12 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=4, help="requests run one by one")
     parser.add_argument("--requests-at-1", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="best round is reported")
+    parser.add_argument(
+        "--constrained", action="store_true", help="add a half-json_schema row at the top level"
+    )
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip the transformers generate rows"
+    )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     n = args.new_tokens
@@ -198,6 +218,18 @@ def main() -> None:
                         percentile(ttfts, 0.99),
                         secs,
                     )
+                if args.constrained:
+                    top = max(levels)
+                    secs, ttfts, tokens = await engine_level(runner, top, top, n, True)
+                    record(
+                        f"engine, {top} concurrent, half json_schema ({top} requests)",
+                        tokens / secs,
+                        percentile(ttfts, 0.5),
+                        percentile(ttfts, 0.99),
+                        secs,
+                    )
+                if args.no_baselines:
+                    continue
                 # in a worker thread like the engine's steps (torch keeps one OpenMP
                 # team per calling thread; both sides should pay the same)
                 await trio.to_thread.run_sync(baselines)
@@ -216,6 +248,7 @@ def main() -> None:
         f"step token budget {runner.step_token_budget}"
     )
     order = [f"engine, {lv} concurrent" for lv in levels] + [
+        f"engine, {max(levels)} concurrent, half",
         "generate, one after",
         "generate, one static",
     ]
@@ -226,6 +259,12 @@ def main() -> None:
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     best = {name: max(r[0] for r in rounds) for name, rounds in results.items()}
+    half = next((v for k, v in best.items() if "half json_schema" in k), None)
+    if half is not None:
+        plain = next(v for k, v in best.items() if k.startswith(f"engine, {max(levels)} conc"))
+        print(f"\nhalf json_schema at {max(levels)} concurrent: {100 * half / plain:.0f}% of plain")
+    if args.no_baselines:
+        return
     seq_rate = next(v for k, v in best.items() if k.startswith("generate, one after"))
     static_rate = next(v for k, v in best.items() if k.startswith("generate, one static"))
     top = next(v for k, v in best.items() if k.startswith(f"engine, {max(levels)} "))

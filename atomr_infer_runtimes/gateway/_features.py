@@ -9,7 +9,7 @@ never answered with a 200 that silently ignores it (the peers' most common bug: 
 
 from __future__ import annotations
 
-from atomr_infer_core import ExecuteBatch, ImageBase64Part, ImageUrlPart
+from atomr_infer_core import LOCAL_DECODER_FEATURES, ExecuteBatch, ImageBase64Part, ImageUrlPart
 
 from ._doors import unsupported
 
@@ -23,8 +23,11 @@ HONOURED: dict[str, frozenset[str]] = {
     "litellm": _ALL,
     "anthropic": frozenset({"tools", "json_schema", "json_object", "images", "reasoning"}),
     "gemini": frozenset({"tools", "json_schema", "json_object", "n", "images"}),
+    # the local decoders enforce structured output and tools token by token (llguidance)
+    "torch": LOCAL_DECODER_FEATURES,
+    "onnx": LOCAL_DECODER_FEATURES,
 }
-#: local runtimes and the mock: text in, text out
+#: the mock runtime (and any runtime not listed): text in, text out
 _TEXT_ONLY: frozenset[str] = frozenset()
 
 _WHAT = {

@@ -356,6 +356,10 @@ def parse_completion(body: Mapping[str, Any], request_id: str) -> ParsedRequest:
     if body.get("echo"):
         raise _bad("echo", "'echo' is not supported by this gateway")
     stream = bool(_bool(body, "stream"))
+    if body.get("logprobs") is not None and not isinstance(body["logprobs"], bool):
+        # the legacy endpoint's logprobs is how many alternatives to list (0 to 5)
+        top = _int(body, "logprobs", lo=0, hi=5)
+        body = {**body, "logprobs": True, "top_logprobs": top}
     batches = tuple(
         ExecuteBatch(
             request_id=request_id if len(prompts) == 1 else f"{request_id}-{i}",
@@ -457,6 +461,33 @@ def _choices_for(tokens: Tokens, n: int) -> Sequence[Any]:
     return [by_index.get(i, Choice(index=i)) for i in range(max(n, len(by_index)))]
 
 
+def _chat_logprobs(entries: Sequence[Mapping[str, Any]] | None) -> dict[str, Any] | None:
+    if entries is None:
+        return None
+    return {"content": [dict(e) for e in entries], "refusal": None}
+
+
+def completion_logprobs(
+    entries: Sequence[Mapping[str, Any]] | None, offset: int = 0
+) -> dict[str, Any] | None:
+    """Chat-shaped logprob entries in the legacy completions shape (``tokens``,
+    ``token_logprobs``, ``top_logprobs`` as token → logprob maps, ``text_offset``)."""
+    if entries is None:
+        return None
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [
+            {t["token"]: t["logprob"] for t in e.get("top_logprobs") or ()} for e in entries
+        ],
+        "text_offset": offsets,
+    }
+
+
 def render_chat(tokens: Tokens, *, response_id: str, created: int, model: str, n: int) -> bytes:
     choices = []
     for choice in _choices_for(tokens, n):
@@ -471,7 +502,7 @@ def render_chat(tokens: Tokens, *, response_id: str, created: int, model: str, n
             {
                 "index": choice.index,
                 "message": message,
-                "logprobs": None,
+                "logprobs": _chat_logprobs(choice.logprobs),
                 "finish_reason": _finish(choice.finish_reason),
             }
         )
@@ -494,7 +525,7 @@ def render_completion(
         {
             "text": c.text,
             "index": c.index,
-            "logprobs": None,
+            "logprobs": completion_logprobs(c.logprobs),
             "finish_reason": _finish(c.finish_reason),
         }
         for c in _choices_for(tokens, n)
@@ -598,6 +629,7 @@ class ChatStreamEncoder(_StreamEncoder):
             or chunk.reasoning_delta
             or chunk.tool_call_deltas
             or chunk.finish_reason
+            or chunk.logprobs
         ):
             return out
         delta: dict[str, Any] = {}
@@ -608,7 +640,13 @@ class ChatStreamEncoder(_StreamEncoder):
         if chunk.tool_call_deltas:
             delta["tool_calls"] = [dict(d) for d in chunk.tool_call_deltas]
         finish = str(chunk.finish_reason) if chunk.finish_reason is not None else None
-        choice = {"index": chunk.index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        logprobs = chunk.logprobs if isinstance(chunk.logprobs, Mapping) else None
+        choice = {
+            "index": chunk.index,
+            "delta": delta,
+            "logprobs": _chat_logprobs(logprobs.get("content") if logprobs else None),
+            "finish_reason": finish,
+        }
         return out + self._event([choice])
 
 
@@ -617,16 +655,29 @@ class CompletionStreamEncoder(_StreamEncoder):
 
     object_name = "text_completion"
 
+    def __init__(self, *, response_id: str, created: int, model: str, include_usage: bool) -> None:
+        super().__init__(
+            response_id=response_id, created=created, model=model, include_usage=include_usage
+        )
+        self._offsets: dict[int, int] = {}
+
     def encode(self, chunk: TokenChunk) -> bytes:
         if chunk.usage is not None:
             self.usage = chunk.usage
-        if not (chunk.text_delta or chunk.finish_reason):
+        if not (chunk.text_delta or chunk.finish_reason or chunk.logprobs):
             return b""
         finish = str(chunk.finish_reason) if chunk.finish_reason is not None else None
+        logprobs = None
+        if isinstance(chunk.logprobs, Mapping) and "tokens" in chunk.logprobs:
+            logprobs = dict(chunk.logprobs)  # already the legacy shape (an upstream's own)
+        elif isinstance(chunk.logprobs, Mapping):
+            offset = self._offsets.get(chunk.index, 0)
+            logprobs = completion_logprobs(chunk.logprobs.get("content") or (), offset)
+            self._offsets[chunk.index] = offset + sum(len(t) for t in logprobs["tokens"])
         choice = {
             "text": chunk.text_delta,
             "index": chunk.index,
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": finish,
         }
         return self._event([choice])

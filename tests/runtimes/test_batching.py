@@ -342,3 +342,27 @@ async def test_rebuild_session_fails_running_sequences_and_rebuilds() -> None:
         assert model.rebuilds == [SessionRebuildCause.MANUAL]
         assert (await _collect(runner, _completion("x", max_tokens=1))).text == "x:0 "
         nursery.cancel_scope.cancel()
+
+
+async def test_n_choices_run_as_parallel_sequences_of_one_request() -> None:
+    model = ScriptedModel()
+    runner = LocalEngineRunner(model, _deployment())
+    batch = ExecuteBatch(
+        request_id="r-n",
+        model="local",
+        kind="completion",
+        prompt="a b",
+        sampling=SamplingParams(max_tokens=3, n=3, seed=10),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        tokens = await _collect(runner, batch)
+        nursery.cancel_scope.cancel()
+    assert [c.index for c in tokens.choices] == [0, 1, 2]
+    assert [c.text for c in tokens.choices] == ["a b:0 a b:1 a b:2 "] * 3
+    assert all(c.finish_reason is FinishReason.LENGTH for c in tokens.choices)
+    # the three joined in one step and shared every step after it
+    assert len(model.calls[0][0]) == 3 and model.calls[0][2] == 3
+    # the prompt counts once, the outputs add up
+    assert tokens.usage == TokenUsage(input_tokens=2, output_tokens=9)
+    assert runner.active_count == 0 and runner.waiting_count == 0

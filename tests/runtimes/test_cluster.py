@@ -542,3 +542,62 @@ async def test_breaker_and_limiter_errors_name_the_deployment(mock_plugin, mock_
             await cluster.complete("chat", messages=HELLO)
         assert "circuit breaker 'chat' for mock is open" in opened.value.message
         assert cluster.limiter("chat").name == "chat"
+
+
+async def test_cache_aware_routing_keeps_a_shared_prefix_on_one_replica(
+    mock_plugin, mock_deployment, runners, autojump_clock
+) -> None:
+    dep = mock_deployment(
+        "chat",
+        replicas=2,
+        serving=Serving(routing="cache_aware"),
+        config={"chunks": ["a"], "chunk_delay": "10ms"},
+    )
+    system = {"role": "system", "content": "You are a careful assistant. " * 20}
+    async with cluster_of(mock_plugin, dep) as cluster:
+        # one after another: loads never diverge, so every request follows its prefix
+        for i in range(6):
+            await cluster.complete("chat", messages=[system, {"role": "user", "content": f"q{i}"}])
+        first = [r.counters.executions for r in runners.of("chat")]
+        assert sorted(first) == [0, 6]
+        # a different system prompt is free to go to the other replica
+        other = {"role": "system", "content": "Answer in French."}
+        for i in range(4):
+            await cluster.complete("chat", messages=[other, {"role": "user", "content": f"q{i}"}])
+        second = [r.counters.executions for r in runners.of("chat")]
+        assert sorted(second) == [4, 6]
+
+        # 12 at once: the holder takes requests until it carries 4 more than the other
+        async with trio.open_nursery() as nursery:
+            for i in range(12):
+                nursery.start_soon(
+                    partial(
+                        cluster.complete,
+                        "chat",
+                        messages=[system, {"role": "user", "content": f"burst {i}"}],
+                    )
+                )
+        burst = [
+            a - b
+            for a, b in zip(
+                (r.counters.executions for r in runners.of("chat")), second, strict=True
+            )
+        ]
+    assert sum(burst) == 12
+    # the holder took the first 4; then loads diverged and the other replica took the
+    # next ones (and became the prefix's holder): loads never drift past the slack
+    holder = second.index(6)
+    assert burst[holder] >= 4 and burst[1 - holder] >= 4
+    assert abs(burst[0] - burst[1]) <= 4
+
+
+async def test_least_outstanding_is_the_default_for_runners_without_a_prefix_cache(
+    mock_plugin, mock_deployment, runners, autojump_clock
+) -> None:
+    dep = mock_deployment("chat", replicas=2, config={"chunks": ["a"]})
+    system = {"role": "system", "content": "shared " * 50}
+    async with cluster_of(mock_plugin, dep) as cluster:
+        for i in range(6):
+            await cluster.complete("chat", messages=[system, {"role": "user", "content": f"q{i}"}])
+        counts = [r.counters.executions for r in runners.of("chat")]
+    assert counts == [3, 3]

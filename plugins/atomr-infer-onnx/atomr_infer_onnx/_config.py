@@ -6,6 +6,9 @@ import enum
 
 import attrs
 
+from atomr_infer_core import SamplingDefaults
+from atomr_infer_core.validators import at_least, between
+
 __all__ = ["OnnxConfig", "OnnxTask"]
 
 
@@ -35,6 +38,9 @@ class OnnxConfig:
         max_batch_size: most sequences (or texts) one run carries.
         default_max_tokens: new tokens when a request sets no ``max_tokens``.
         intra_op_threads: ONNX Runtime's intra-op threads (0: its default).
+        default_temperature, default_top_p, default_top_k: sampling used when a request
+            leaves that field unset: greedy by default, the rule the torch runtime follows
+            too (:class:`~atomr_infer_core.SamplingDefaults`).
     """
 
     path: str = ""
@@ -43,3 +49,14 @@ class OnnxConfig:
     max_batch_size: int = attrs.field(default=32, validator=_positive)
     default_max_tokens: int = attrs.field(default=256, validator=_positive)
     intra_op_threads: int = 0
+    default_temperature: float = attrs.field(default=0.0, validator=between(0.0, 2.0))
+    default_top_p: float = attrs.field(default=1.0, validator=between(0.0, 1.0))
+    default_top_k: int = attrs.field(default=0, validator=at_least(0))
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        return SamplingDefaults(
+            temperature=self.default_temperature,
+            top_p=self.default_top_p,
+            top_k=self.default_top_k,
+        )

@@ -23,6 +23,7 @@ import attrs
 
 from atomr_infer_core import (
     ExecuteBatch,
+    OutputConstraint,
     RequestKind,
     RuntimeKind,
     SequenceOutput,
@@ -30,8 +31,12 @@ from atomr_infer_core import (
     StopScanner,
     TransportKind,
     advance_sequence,
+    hold_tool_call,
+    output_constraint,
     render_prompt,
+    resolve_sampling,
 )
+from atomr_infer_core._guided import GrammarCompiler, Guide
 from atomr_infer_core.errors import (
     BadRequestError,
     ConfigError,
@@ -211,6 +216,13 @@ class _Row:
     rng: Any
     scanner: StopScanner
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    #: the grammar state of a constrained sequence (response_format, a tool call)
+    guide: Guide | None = None
+    constraint: OutputConstraint | None = None
+    #: ``None``: no logprobs; else how many alternatives each token reports
+    top_logprobs: int | None = None
 
     @property
     def generated(self) -> list[int]:
@@ -239,6 +251,10 @@ class OnnxCausalLM(_OnnxBase):
             config.get("max_position_embeddings") or config.get("n_positions") or 2048
         )
         self.pad_id = self.tokenizer.pad_token_id or 0
+        logits = next(o for o in self.session.get_outputs() if o.name == "logits")
+        width = logits.shape[-1]
+        self.vocab_size = int(width if isinstance(width, int) else config.get("vocab_size"))
+        self._grammars: GrammarCompiler | None = None
         self._rows: list[_Row] = []
         self.kv_cache = "past_keys" in self.input_names
         if self.kv_cache:
@@ -256,8 +272,21 @@ class OnnxCausalLM(_OnnxBase):
         self._reset_cache()
         super().rebuild(cause)
 
+    def _guide(self, constraint: OutputConstraint | None) -> Guide | None:
+        """A grammar state for ``constraint`` (compiled once per schema); raises
+        UnsupportedParameterError for a schema the grammar library cannot compile."""
+        if constraint is None:
+            return None
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(
+                self.tokenizer, vocab_size=self.vocab_size, eos_ids=self.eos_ids
+            )
+        return self._grammars.guide(constraint)
+
     def encode(self, batch: ExecuteBatch) -> list[int]:
-        text, special = render_prompt(self.tokenizer, batch)
+        constraint = output_constraint(batch)
+        tools = constraint.tools if constraint is not None and constraint.is_tool_call else ()
+        text, special = render_prompt(self.tokenizer, batch, tools=tools)
         ids = list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
         if not ids:
             if self.tokenizer.bos_token_id is None:
@@ -266,7 +295,9 @@ class OnnxCausalLM(_OnnxBase):
         return ids
 
     def prompt_tokens(self, batch: ExecuteBatch) -> int:
-        return len(self.encode(batch))
+        ids = self.encode(batch)
+        self._guide(output_constraint(batch))  # compile now: a bad schema fails before a slot
+        return len(ids)
 
     def embed(self, inputs: Sequence[str], dimensions: int | None = None) -> list[list[float]]:
         raise BadRequestError(
@@ -288,18 +319,25 @@ class OnnxCausalLM(_OnnxBase):
                 max_tokens=self.max_positions,
             )
         s = batch.sampling
+        sampling = resolve_sampling(s, self.config.sampling_defaults)
         seed = s.seed if s.seed is not None else random.getrandbits(63)
+        constraint = output_constraint(batch)
         return _Row(
             seq_id=seq_id,
             tokens=ids,
             prompt_len=len(ids),
             max_new=min(s.max_tokens or self.config.default_max_tokens, room),
-            temperature=1.0 if s.temperature is None else s.temperature,
-            top_p=1.0 if s.top_p is None else s.top_p,
-            top_k=s.top_k or 0,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
             rng=np.random.default_rng(seed),
             scanner=StopScanner(s.stop),
             ignore_eos=bool(batch.extra.get("ignore_eos", False)),
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            guide=self._guide(constraint),
+            constraint=constraint,
+            top_logprobs=(s.top_logprobs or 0) if s.logprobs else None,
         )
 
     def step(
@@ -427,21 +465,66 @@ class OnnxCausalLM(_OnnxBase):
             probs /= probs.sum()
         return int(row.rng.choice(len(probs), p=probs))
 
+    def _shape(self, rows: list[_Row], logits: Any) -> Any:
+        """Logits after each row's penalties and grammar mask (rows without either are
+        left as they are, so free sequences decode exactly as alone)."""
+        import numpy as np
+
+        guides = [r.guide for r in rows]
+        penalized = any(r.presence_penalty or r.frequency_penalty for r in rows)
+        if not penalized and all(g is None for g in guides):
+            return logits
+        logits = np.array(logits, dtype=np.float32)
+        for i, row in enumerate(rows):
+            if (row.presence_penalty or row.frequency_penalty) and row.generated:
+                counts = np.bincount(row.generated, minlength=logits.shape[-1])[: logits.shape[-1]]
+                logits[i] -= row.frequency_penalty * counts + row.presence_penalty * (counts > 0)
+        if self._grammars is not None and any(g is not None for g in guides):
+            allowed = self._grammars.masks(guides)[:, : logits.shape[-1]]
+            logits = np.where(allowed, logits, -np.inf).astype(np.float32)
+        return logits
+
+    def _logprobs(self, row: _Row, logits: Any, token: int) -> dict[str, Any]:
+        """OpenAI's ``logprobs.content`` entry for ``token`` (from the shaped logits)."""
+        import numpy as np
+
+        top = logits.max()
+        logprobs = logits - top - np.log(np.exp(logits - top).sum())
+
+        def entry(tok: int) -> dict[str, Any]:
+            text = self.tokenizer.decode([tok])
+            return {"token": text, "logprob": float(logprobs[tok]), "bytes": list(text.encode())}
+
+        out = entry(token)
+        order = np.argsort(-logprobs, kind="stable")[: row.top_logprobs or 0]
+        out["top_logprobs"] = [entry(int(t)) for t in order]
+        return out
+
     def _advance(self, rows: list[_Row], logits: Any) -> list[SequenceOutput]:
+        logits = self._shape(rows, logits)
         outputs = []
         for i, row in enumerate(rows):
-            row.tokens.append(self._sample(row, logits[i]))
-            outputs.append(
-                advance_sequence(
-                    seq_id=row.seq_id,
-                    generated=row.generated,
-                    eos_ids=self.eos_ids,
-                    ignore_eos=row.ignore_eos,
-                    max_new=row.max_new,
-                    prompt_len=row.prompt_len,
-                    scanner=row.scanner,
-                    decode=self._detokenize,
+            token = self._sample(row, logits[i])
+            row.tokens.append(token)
+            if row.guide is not None:
+                row.guide.consume(token)
+            out = advance_sequence(
+                seq_id=row.seq_id,
+                generated=row.generated,
+                eos_ids=self.eos_ids,
+                ignore_eos=row.ignore_eos,
+                max_new=row.max_new,
+                prompt_len=row.prompt_len,
+                scanner=row.scanner,
+                decode=self._detokenize,
+            )
+            if row.top_logprobs is not None:
+                out = attrs.evolve(
+                    out, logprobs={"content": [self._logprobs(row, logits[i], token)]}
                 )
+            text = row.scanner.text[: row.scanner.sent]
+            outputs.append(
+                hold_tool_call(out, row.constraint, text, "call_" + row.seq_id.replace("#", "_"))
             )
         return outputs
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from atomr_infer_core import (
+    LOCAL_DECODER_FEATURES,
     Deployment,
     PriceTable,
     RunnerContext,
@@ -48,6 +49,7 @@ def register_runtimes(register: Any) -> None:
             model_patterns=(),
             prices=PriceTable(),
             package="atomr-infer-onnx",
+            features=LOCAL_DECODER_FEATURES,
             description="ONNX Runtime sessions for sentence encoders and causal LMs",
         )
     )

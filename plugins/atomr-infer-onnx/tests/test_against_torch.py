@@ -147,3 +147,37 @@ def test_kv_cache_batch_with_random_joins_and_leaves_matches_solo_runs(
         else:
             assert text == alone[i]
     assert lm._rows == [] and lm._keys is None
+
+
+def test_unset_sampling_is_greedy_on_onnx_and_torch_alike(tiny_models: dict[str, Path]) -> None:
+    from atomr_infer_torch import TorchCausalLM, TorchConfig
+
+    def unset(prompt: str) -> ExecuteBatch:
+        return ExecuteBatch(
+            request_id="u",
+            model="tiny",
+            kind="completion",
+            prompt=prompt,
+            sampling=SamplingParams(max_tokens=12, seed=7),
+        )
+
+    def run(model: StepModel, batch: ExecuteBatch) -> str:
+        outputs = model.step([("u", batch)], [])
+        while outputs[-1].finish_reason is None:
+            outputs += model.step([], [])
+        return "".join(o.text_delta for o in outputs)
+
+    torch_model = TorchCausalLM(TorchConfig(device="cpu"), weights=str(tiny_models["gpt2"]))
+    torch_model.load()
+    onnx_model = _onnx(OnnxCausalLM, tiny_models["gpt2-onnx"])
+    path = str(tiny_models["gpt2-onnx"])
+    sampling = OnnxCausalLM(
+        OnnxConfig(path=path, providers=("CPUExecutionProvider",), default_temperature=1.0),
+        path=path,
+    )
+    sampling.load()
+    for prompt in PROMPTS:
+        greedy = _greedy(torch_model, prompt)
+        assert run(onnx_model, unset(prompt)) == greedy
+        assert run(torch_model, unset(prompt)) == greedy
+    assert any(run(sampling, unset(p)) != _greedy(torch_model, p) for p in PROMPTS)

@@ -22,6 +22,7 @@ import attrs
 
 from atomr_infer_core import (
     ExecuteBatch,
+    OutputConstraint,
     RequestKind,
     RuntimeKind,
     SequenceOutput,
@@ -29,8 +30,12 @@ from atomr_infer_core import (
     StopScanner,
     TransportKind,
     advance_sequence,
+    hold_tool_call,
+    output_constraint,
     render_prompt,
+    resolve_sampling,
 )
+from atomr_infer_core._guided import GrammarCompiler, Guide
 from atomr_infer_core.errors import BadRequestError, ContextLengthExceededError
 
 from ._cache import cache_argument, make_cache, returned_layers
@@ -41,6 +46,23 @@ from ._weights import resolve_weights
 __all__ = ["TorchCausalLM", "render_prompt"]  # render_prompt: from core, re-exported
 
 log = logging.getLogger("atomr_infer.torch")
+
+
+def lookup_draft(tokens: Sequence[int], k: int, *, longest: int = 3) -> list[int]:
+    """Prompt-lookup (n-gram) draft: the ``k`` tokens that followed the latest earlier
+    occurrence of the sequence's last ``longest``..1 tokens; empty when none occurs.
+    Extraction and editing answers copy spans of their input, so this guesses well
+    there and costs nothing."""
+    n_tokens = len(tokens)
+    if k <= 0:
+        return []
+    for n in range(min(longest, n_tokens - 1), 0, -1):
+        tail = list(tokens[n_tokens - n :])
+        for start in range(n_tokens - n - 1, -1, -1):
+            if list(tokens[start : start + n]) == tail:
+                return list(tokens[start + n : start + n + k])
+    return []
+
 
 #: shortest shared prompt prefix worth caching, and how many prefixes are kept
 MIN_PREFIX_TOKENS = 8
@@ -62,6 +84,25 @@ class _Row:
     pos: int
     ignore_eos: bool = False
     generated: list[int] = attrs.Factory(list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    #: the grammar state of a constrained sequence (response_format, a tool call)
+    guide: Guide | None = None
+    constraint: OutputConstraint | None = None
+    #: ``None``: no logprobs; else how many alternatives each token reports
+    top_logprobs: int | None = None
+    #: the prompt's token ids (prompt-lookup drafts copy from them)
+    prompt: list[int] = attrs.Factory(list)
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing reshaping the logits: drafts can be verified by argmax."""
+        return (
+            self.temperature <= 0
+            and self.guide is None
+            and self.top_logprobs is None
+            and not (self.presence_penalty or self.frequency_penalty)
+        )
 
 
 class TorchCausalLM:
@@ -80,6 +121,8 @@ class TorchCausalLM:
         self.name = name
         self.max_batch_size = config.max_batch_size
         self.step_token_budget = config.step_token_budget
+        #: shared prompt prefixes are cached (the host routes replicas by prefix then)
+        self.prefix_cache = config.prefix_cache
         #: resolved by ``load`` ("auto" becomes "cpu" or "cuda:0")
         self.device = config.device
         self.transport_kind: TransportKind = expected_transport(config.device)
@@ -89,6 +132,11 @@ class TorchCausalLM:
         #: the keyword this model's forward takes its cache under (set by ``load``)
         self._cache_argument = "past_key_values"
         self._prefixes: OrderedDict[tuple[int, ...], tuple[list[Any], list[Any]]] = OrderedDict()
+        #: compiled grammars for this tokenizer (built at the first constrained request)
+        self._grammars: GrammarCompiler | None = None
+        #: prompt-lookup draft tokens proposed and accepted so far
+        self.drafted = 0
+        self.accepted = 0
         self._reset()
 
     # -- session ----------------------------------------------------------------------
@@ -125,6 +173,11 @@ class TorchCausalLM:
             getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
         )
         self.pad_id = self.tokenizer.pad_token_id or 0
+        out_embeddings = self.model.get_output_embeddings()
+        self.vocab_size = int(
+            out_embeddings.weight.shape[0] if out_embeddings is not None else cfg.vocab_size
+        )
+        self._grammars = None
         self._prefixes.clear()
         self._reset()
         log.info(
@@ -141,8 +194,21 @@ class TorchCausalLM:
 
     # -- prompts ----------------------------------------------------------------------
 
+    def _guide(self, constraint: OutputConstraint | None) -> Guide | None:
+        """A grammar state for ``constraint`` (compiled once per schema); raises
+        UnsupportedParameterError for a schema the grammar library cannot compile."""
+        if constraint is None:
+            return None
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(
+                self.tokenizer, vocab_size=self.vocab_size, eos_ids=self.eos_ids
+            )
+        return self._grammars.guide(constraint)
+
     def encode(self, batch: ExecuteBatch) -> list[int]:
-        text, special = render_prompt(self.tokenizer, batch)
+        constraint = output_constraint(batch)
+        tools = constraint.tools if constraint is not None and constraint.is_tool_call else ()
+        text, special = render_prompt(self.tokenizer, batch, tools=tools)
         ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
         if not ids:
             if self.tokenizer.bos_token_id is None:
@@ -157,6 +223,7 @@ class TorchCausalLM:
                 f"deployment {self.name!r} generates text; it does not embed", param="model"
             )
         ids = self.encode(batch)
+        self._guide(output_constraint(batch))  # compile now: a bad schema fails before a slot
         cached = max(
             (len(p) for p in self._prefixes if len(p) < len(ids) and tuple(ids[: len(p)]) == p),
             default=0,
@@ -199,26 +266,40 @@ class TorchCausalLM:
                 tokens=prompt_len,
                 max_tokens=self.max_positions,
             )
-        cfg = self.config
-        temperature = cfg.default_temperature if s.temperature is None else s.temperature
+        sampling = resolve_sampling(s, self.config.sampling_defaults)
+        constraint = output_constraint(batch)
         generator = None
-        if temperature > 0:
+        if not sampling.greedy:
             generator = self._torch.Generator(device="cpu")
             generator.manual_seed(s.seed if s.seed is not None else random.getrandbits(63))
         return _Row(
             seq_id=seq_id,
             prompt_len=prompt_len,
             max_new=min(s.max_tokens or self.config.default_max_tokens, room),
-            temperature=temperature,
-            top_p=cfg.default_top_p if s.top_p is None else s.top_p,
-            top_k=cfg.default_top_k if s.top_k is None else s.top_k,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
             generator=generator,
             scanner=StopScanner(s.stop),
             pos=prompt_len,
             ignore_eos=bool(batch.extra.get("ignore_eos", False)),
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            guide=self._guide(constraint),
+            constraint=constraint,
+            top_logprobs=(s.top_logprobs or 0) if s.logprobs else None,
         )
 
-    def _forward(self, ids: Any, mask: Any, positions: Any, keys: list[Any], values: list[Any]):
+    def _forward(
+        self,
+        ids: Any,
+        mask: Any,
+        positions: Any,
+        keys: list[Any],
+        values: list[Any],
+        *,
+        every_position: bool = False,
+    ):
         cache = make_cache(list(zip(keys, values, strict=True)))
         out = self.model(
             input_ids=ids,
@@ -228,9 +309,17 @@ class TorchCausalLM:
             **{self._cache_argument: cache},
         )
         layers = returned_layers(out)
-        return out.logits[:, -1, :], [la.keys for la in layers], [la.values for la in layers]
+        logits = out.logits if every_position else out.logits[:, -1, :]
+        return logits, [la.keys for la in layers], [la.values for la in layers]
 
     def _decode(self) -> list[SequenceOutput]:
+        if self.config.speculative == "prompt_lookup":
+            drafts = [
+                lookup_draft(r.prompt + r.generated, self._draft_room(r)) if r.plain_greedy else []
+                for r in self._rows
+            ]
+            if any(drafts):
+                return self._decode_drafts(drafts)
         torch = self._torch
         rows = self._rows
         ids = torch.tensor([[r.generated[-1]] for r in rows], device=self.device)
@@ -257,6 +346,7 @@ class TorchCausalLM:
                 outputs.append(SequenceOutput(seq_id=seq_id, error=exc))
                 continue
             prompts.append(ids)
+            rows[-1].prompt = list(ids)
         if not rows:
             return outputs
         prefix = self._shared_prefix(prompts)
@@ -275,6 +365,84 @@ class TorchCausalLM:
         logits, keys, values = self._forward(ids, mask, positions, past_keys, past_values)
         self._merge(rows, keys, values, mask)
         return outputs + self._advance(rows, logits)
+
+    def _draft_room(self, row: _Row) -> int:
+        """Draft tokens ``row`` may take: within the output and the context window."""
+        left = row.max_new - len(row.generated) - 1
+        return max(0, min(self.config.speculative_tokens, left, self.max_positions - row.pos - 1))
+
+    def _decode_drafts(self, drafts: list[list[int]]) -> list[SequenceOutput]:
+        """One forward pass that verifies every row's draft: each row feeds its last
+        token and its draft (right-padded to the longest), keeps the draft tokens that
+        greedy decoding would have chosen plus the model's next token, and masks the
+        cache columns of the rest, so the text is exactly plain greedy decoding's."""
+        torch = self._torch
+        rows = self._rows
+        width = 1 + max(len(d) for d in drafts)
+        feed = [
+            [r.generated[-1], *d] + [self.pad_id] * (width - 1 - len(d))
+            for r, d in zip(rows, drafts, strict=True)
+        ]
+        fresh = [[1] * (1 + len(d)) + [0] * (width - 1 - len(d)) for d in drafts]
+        ids = torch.tensor(feed, device=self.device)
+        positions = torch.tensor(
+            [[r.pos + j for j in range(width)] for r in rows], device=self.device
+        )
+        mask = torch.cat(
+            [self._mask, torch.tensor(fresh, device=self.device, dtype=self._mask.dtype)], dim=1
+        )
+        logits, self._keys, self._values = self._forward(
+            ids, mask, positions, self._keys, self._values, every_position=True
+        )
+        chosen = logits.argmax(dim=-1).tolist()
+        outputs: list[SequenceOutput] = []
+        kept = [row[:] for row in fresh]
+        # sampled, constrained or logprob rows: their one new token, the usual way
+        others = [i for i, r in enumerate(rows) if not r.plain_greedy]
+        if others:
+            for i in others:
+                rows[i].pos += 1
+            index = torch.tensor(others, device=self.device)
+            outputs += self._advance([rows[i] for i in others], logits[index, 0, :])
+        for i, (row, draft) in enumerate(zip(rows, drafts, strict=True)):
+            if not row.plain_greedy:
+                continue
+            accepted = 0
+            while accepted < len(draft) and draft[accepted] == chosen[i][accepted]:
+                accepted += 1
+            for j in range(1 + accepted, width):
+                kept[i][j] = 0  # rejected draft tokens: never attended again
+            tokens = [*draft[:accepted], chosen[i][accepted]]
+            row.pos += 1 + accepted
+            self.drafted += len(draft)
+            self.accepted += accepted
+            outputs.append(self._advance_tokens(row, tokens))
+        self._mask = torch.cat(
+            [self._mask, torch.tensor(kept, device=self.device, dtype=self._mask.dtype)], dim=1
+        )
+        return outputs
+
+    def _advance_tokens(self, row: _Row, tokens: list[int]) -> SequenceOutput:
+        """``row`` advanced by several greedy tokens at once, as one output."""
+        text = ""
+        out = None
+        for token in tokens:
+            row.generated.append(token)
+            out = advance_sequence(
+                seq_id=row.seq_id,
+                generated=row.generated,
+                eos_ids=self.eos_ids,
+                ignore_eos=row.ignore_eos,
+                max_new=row.max_new,
+                prompt_len=row.prompt_len,
+                scanner=row.scanner,
+                decode=self._detokenize,
+            )
+            text += out.text_delta
+            if out.finish_reason is not None:
+                break
+        assert out is not None
+        return attrs.evolve(out, text_delta=text, new_tokens=len(tokens))
 
     # -- prefix cache ---------------------------------------------------------------
 
@@ -387,9 +555,42 @@ class TorchCausalLM:
 
     # -- sampling and text ----------------------------------------------------------
 
-    def _sample(self, rows: list[_Row], logits: Any) -> list[int]:
+    def _shape(self, rows: list[_Row], logits: Any) -> Any:
+        """Logits after each row's penalties and grammar mask (rows without either are
+        left as they are, so free sequences decode exactly as alone)."""
         torch = self._torch
         logits = logits.float()
+        for i, row in enumerate(rows):
+            if (row.presence_penalty or row.frequency_penalty) and row.generated:
+                counts = torch.bincount(
+                    torch.tensor(row.generated, device=logits.device), minlength=logits.shape[-1]
+                )[: logits.shape[-1]].float()
+                logits[i] -= row.frequency_penalty * counts + row.presence_penalty * (counts > 0)
+        guides = [r.guide for r in rows]
+        if self._grammars is not None and any(g is not None for g in guides):
+            allowed = torch.from_numpy(self._grammars.masks(guides)).to(logits.device)
+            width = logits.shape[-1]
+            logits = logits.masked_fill(~allowed[:, :width], float("-inf"))
+        return logits
+
+    def _logprobs(self, row: _Row, logprobs: Any, token: int) -> dict[str, Any]:
+        """OpenAI's ``logprobs.content`` entry for ``token`` (from the shaped logits)."""
+        torch = self._torch
+
+        def entry(tok: int, value: float) -> dict[str, Any]:
+            text = self.tokenizer.decode([tok])
+            return {"token": text, "logprob": value, "bytes": list(text.encode())}
+
+        out = entry(token, float(logprobs[token]))
+        top: list[dict[str, Any]] = []
+        if row.top_logprobs:
+            values, ids = torch.topk(logprobs, row.top_logprobs)
+            top = [entry(int(t), float(v)) for v, t in zip(values, ids, strict=True)]
+        out["top_logprobs"] = top
+        return out
+
+    def _sample(self, rows: list[_Row], logits: Any) -> list[int]:
+        torch = self._torch
         greedy = logits.argmax(dim=-1).tolist()
         tokens: list[int] = []
         for i, row in enumerate(rows):
@@ -411,20 +612,32 @@ class TorchCausalLM:
         return tokens
 
     def _advance(self, rows: list[_Row], logits: Any) -> list[SequenceOutput]:
+        logits = self._shape(rows, logits)
+        tokens = self._sample(rows, logits)
+        logprobs = None
+        if any(r.top_logprobs is not None for r in rows):
+            logprobs = self._torch.log_softmax(logits, dim=-1).cpu()
         outputs = []
-        for row, token in zip(rows, self._sample(rows, logits), strict=True):
+        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
             row.generated.append(token)
+            if row.guide is not None:
+                row.guide.consume(token)
+            out = advance_sequence(
+                seq_id=row.seq_id,
+                generated=row.generated,
+                eos_ids=self.eos_ids,
+                ignore_eos=row.ignore_eos,
+                max_new=row.max_new,
+                prompt_len=row.prompt_len,
+                scanner=row.scanner,
+                decode=self._detokenize,
+            )
+            if logprobs is not None and row.top_logprobs is not None:
+                entry = self._logprobs(row, logprobs[i], token)
+                out = attrs.evolve(out, logprobs={"content": [entry]})
+            text = row.scanner.text[: row.scanner.sent]
             outputs.append(
-                advance_sequence(
-                    seq_id=row.seq_id,
-                    generated=row.generated,
-                    eos_ids=self.eos_ids,
-                    ignore_eos=row.ignore_eos,
-                    max_new=row.max_new,
-                    prompt_len=row.prompt_len,
-                    scanner=row.scanner,
-                    decode=self._detokenize,
-                )
+                hold_tool_call(out, row.constraint, text, "call_" + row.seq_id.replace("#", "_"))
             )
         return outputs
 

@@ -6,6 +6,7 @@ import enum
 
 import attrs
 
+from atomr_infer_core import SamplingDefaults
 from atomr_infer_core.validators import at_least, between
 
 __all__ = ["Task", "TorchConfig"]
@@ -52,9 +53,15 @@ class TorchConfig:
         prefix_cache: keep the keys and values of prompt prefixes that requests share
             (a system prompt, a chat template's preamble) and prefill only the rest.
         cache_dir: where downloaded wheels and converted weights are kept.
+        speculative: ``"none"`` or ``"prompt_lookup"``: greedy sequences propose up to
+            ``speculative_tokens`` tokens copied from their own context (n-gram lookup)
+            and one forward pass verifies them for the whole batch; the text is exactly
+            plain greedy decoding's, faster when answers copy from the prompt.
+        speculative_tokens: most draft tokens per sequence and step.
         default_temperature, default_top_p, default_top_k: sampling used when a request
-            leaves that field unset (OpenAI's defaults: temperature 1, top-p 1, no top-k).
-            Small models answer better with the values their authors recommend.
+            leaves that field unset. Greedy by default, as in every local runtime
+            (:class:`~atomr_infer_core.SamplingDefaults`); set ``default_temperature``
+            (and the authors' recommended top-p / top-k) to sample by default.
     """
 
     weights: str = ""
@@ -65,7 +72,19 @@ class TorchConfig:
     default_max_tokens: int = attrs.field(default=256, validator=_positive)
     step_token_budget: int = attrs.field(default=384, validator=_positive)
     prefix_cache: bool = True
+    speculative: str = attrs.field(
+        default="none", validator=attrs.validators.in_(("none", "prompt_lookup"))
+    )
+    speculative_tokens: int = attrs.field(default=4, validator=_positive)
     cache_dir: str = "~/.cache/atomr-infer"
-    default_temperature: float = attrs.field(default=1.0, validator=between(0.0, 2.0))
+    default_temperature: float = attrs.field(default=0.0, validator=between(0.0, 2.0))
     default_top_p: float = attrs.field(default=1.0, validator=between(0.0, 1.0))
     default_top_k: int = attrs.field(default=0, validator=at_least(0))
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        return SamplingDefaults(
+            temperature=self.default_temperature,
+            top_p=self.default_top_p,
+            top_k=self.default_top_k,
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from atomr_infer_core import (
+    LOCAL_DECODER_FEATURES,
     Deployment,
     PriceTable,
     RunnerContext,
@@ -79,6 +80,7 @@ def register_runtimes(register: Any) -> None:
             model_patterns=(),
             prices=PriceTable(),
             package="atomr-infer-torch",
+            features=LOCAL_DECODER_FEATURES,
             description="local causal LMs and embedding models through transformers on torch",
             default_deployments=DEFAULT_DEPLOYMENTS,
         )

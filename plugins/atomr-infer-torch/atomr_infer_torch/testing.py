@@ -37,7 +37,7 @@ def _tokenizer(vocab_size: int) -> object:
     )
 
 
-def build_tiny_gpt2(path: str | Path, *, seed: int = 0) -> Path:
+def build_tiny_gpt2(path: str | Path, *, seed: int = 0, n_positions: int = 128) -> Path:
     """A 2-layer random GPT-2 (about 170k parameters) with a byte-level BPE tokenizer."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -50,7 +50,7 @@ def build_tiny_gpt2(path: str | Path, *, seed: int = 0) -> Path:
         n_head=2,
         n_embd=64,
         vocab_size=len(tokenizer),  # type: ignore[arg-type]
-        n_positions=128,
+        n_positions=n_positions,
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=1,

@@ -246,8 +246,11 @@ def test_unset_sampling_fields_take_the_deployments_defaults(tiny_gpt2: Path) ->
         prompt=PROMPTS[1],
         sampling=SamplingParams(max_tokens=12, seed=5),
     )
-    # default_top_k = 1 makes an unset request greedy; OpenAI's defaults (temperature 1)
-    # with the same seed sample something else
-    assert _run_alone(_model(tiny_gpt2, default_top_k=1), unset)[0] == greedy
-    assert _run_alone(_model(tiny_gpt2, default_temperature=0.0), unset)[0] == greedy
-    assert _run_alone(_model(tiny_gpt2), unset)[0] != greedy
+    # an unset request is greedy unless the deployment says otherwise: default_top_k = 1
+    # keeps it greedy at temperature 1; temperature 1 alone with the same seed samples
+    # something else
+    assert _run_alone(_model(tiny_gpt2), unset)[0] == greedy
+    assert (
+        _run_alone(_model(tiny_gpt2, default_temperature=1.0, default_top_k=1), unset)[0] == greedy
+    )
+    assert _run_alone(_model(tiny_gpt2, default_temperature=1.0), unset)[0] != greedy

@@ -24,6 +24,8 @@ def test_plugin_registers_torch_with_the_embedded_default() -> None:
     plugin = _plugin()
     assert plugin.name == "torch"
     assert plugin.package == "atomr-infer-torch"
+    # what the gateway's feature check lets through to this runtime
+    assert plugin.features == {"json_object", "json_schema", "tools", "logprobs", "n"}
     assert [d.name for d in plugin.default_deployments] == ["smollm2", "minilm"]
     for dep in plugin.default_deployments:
         config = plugin.structure_config(dep.runtime_config)
