@@ -44,6 +44,7 @@ __all__ = [
     "ConfigError",
     "ContentFilteredError",
     "ContextLengthExceededError",
+    "DeploymentFailedError",
     "DrainingError",
     "ForbiddenError",
     "InferenceError",
@@ -192,6 +193,17 @@ class DrainingError(CapacityExhaustedError):
 
     kind = "draining"
     code = "draining"
+
+
+class DeploymentFailedError(CapacityExhaustedError):
+    """The deployment is ``failed`` (past its restart intensity, or it could not start).
+
+    Permanent until it is deployed again: a retry cannot fix it (``x-should-retry:
+    false``); a fallback may still serve the request.
+    """
+
+    kind = "deployment_failed"
+    code = "deployment_failed"
 
 
 class ContentFilteredError(InferenceError):

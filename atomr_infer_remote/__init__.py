@@ -52,6 +52,7 @@ from ._session import (
     RemoteSession as RemoteSession,
     SessionSnapshot as SessionSnapshot,
     StaticCredential as StaticCredential,
+    credential_problem as credential_problem,
     open_remote_session as open_remote_session,
 )
 from ._sse import SSEDecoder as SSEDecoder, SSEEvent as SSEEvent, aiter_sse as aiter_sse
@@ -102,6 +103,7 @@ __all__: list[str] = [
     "aiter_sse",
     "classify_http_status",
     "compute_backoff",
+    "credential_problem",
     "error_message",
     "map_http_errors",
     "open_http_client",

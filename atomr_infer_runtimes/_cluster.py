@@ -49,10 +49,10 @@ from atomr_infer_core import (
 from atomr_infer_core.config import load_config
 from atomr_infer_core.errors import (
     BadRequestError,
-    CapacityExhaustedError,
     ConfigError,
     ContentFilteredError,
     ContextLengthExceededError,
+    DeploymentFailedError,
     DrainingError,
     InferenceError,
     InternalError,
@@ -66,6 +66,7 @@ from ._admission import Ticket
 from ._deployments import DeploymentRuntime, DeploymentState, DeploymentStatus, ReplicaSlot
 from ._metrics import BREAKER_STATE_VALUES, ClusterMetrics
 from ._plugins import PluginRegistry
+from ._preflight import credential_problems
 from ._routing import fallback_chain, resolve_deployment
 from ._supervisor import RestartPolicy
 
@@ -120,6 +121,8 @@ class _Attempt:
         self.scope = trio.CancelScope(deadline=deadline)
         self.error: InferenceError | None = None
         self.replica: ReplicaSlot | None = None
+        #: the replica's crash log already counted this attempt as failed
+        self.crash_counted = False
 
     def abort(self, error: InferenceError) -> None:
         """Fail this attempt with ``error`` (replica crashed, deployment stopped)."""
@@ -260,7 +263,7 @@ class Execution:
                 )
             attempt.replica = replica
             runtime.dispatched(replica, attempt)
-            stack.callback(runtime.finished, replica, attempt)
+            stack.push(_on_leave(runtime, replica, attempt))
             self._phase = "first_byte"
             self._dispatched = True
             batch = attrs.evolve(self.batch, model=runtime.deployment.model, deadline=deadline)
@@ -307,7 +310,7 @@ class Execution:
         while runtime.state is DeploymentState.PENDING:
             await runtime.wait_changed()
         if runtime.state is DeploymentState.FAILED:
-            raise CapacityExhaustedError(
+            raise DeploymentFailedError(
                 f"deployment {runtime.name!r} has failed ({runtime.reason}); fix it and "
                 "deploy it again"
             )
@@ -436,6 +439,15 @@ class Execution:
             bound.tokens_out.inc(self.usage.output_tokens)
         if self.cost_usd:
             bound.cost.inc(self.cost_usd)
+
+
+def _on_leave(runtime: DeploymentRuntime, replica: ReplicaSlot, attempt: _Attempt) -> Any:
+    """An exit callback telling the deployment the attempt left, and with what error."""
+
+    def leave(_type: Any, error: BaseException | None, _tb: Any) -> None:
+        runtime.finished(replica, attempt, attempt.error or error)
+
+    return leave
 
 
 async def _first_chunk(iterator: AsyncIterator[TokenChunk]) -> TokenChunk | None:
@@ -634,6 +646,9 @@ class Cluster:
             raise ConfigError(problems)
         plugin = self.plugins.runtime_for(deployment, path=path)
         config = plugin.structure_config(deployment.runtime_config, path=f"{path}.runtime_config")
+        problems = credential_problems(config, path)
+        if problems:
+            raise ConfigError(problems)
         return plugin, config
 
     async def deploy(self, deployment: Deployment, *, _path: str | None = None) -> DeploymentStatus:
@@ -809,13 +824,14 @@ async def open_cluster(
         RuntimeNotInstalledError / ConfigError before anything starts, naming every
         deployment whose runtime is missing or whose ``runtime_config`` is invalid.
     """
-    cfg = _coerce_config(config)
     registry = PluginRegistry()
     try:
         if load_entry_points:
             registry.load_entry_points()
         for plugin in plugins:
             registry.add(plugin)
+        # after the plugins: their model patterns steer runtime inference in a TOML file
+        cfg = _coerce_config(config)
         _check_all(cfg, registry)
         async with _open_state(cfg) as state, trio.open_nursery() as nursery:
             cluster = Cluster(
@@ -837,16 +853,22 @@ async def open_cluster(
 
 
 def _check_all(config: Config, registry: PluginRegistry) -> None:
-    """Every deployment's runtime is installed and its runtime_config valid; else raise
-    the one error, or a ConfigError listing all of them."""
+    """Every deployment's runtime is installed, its runtime_config valid and its
+    credential at hand; else raise the one error, or a ConfigError listing all of them."""
     errors: list[ConfigError] = []
     for index, deployment in enumerate(config.deployments):
         path = f"deployment[{index}]"
         try:
             plugin = registry.runtime_for(deployment, path=path)
-            plugin.structure_config(deployment.runtime_config, path=f"{path}.runtime_config")
+            runtime_config = plugin.structure_config(
+                deployment.runtime_config, path=f"{path}.runtime_config"
+            )
         except ConfigError as exc:
             errors.append(exc)
+            continue
+        problems = credential_problems(runtime_config, path)
+        if problems:
+            errors.append(ConfigError(problems))
     if len(errors) == 1:
         raise errors[0]
     if errors:
