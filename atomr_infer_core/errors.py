@@ -59,6 +59,7 @@ __all__ = [
     "RuntimeNotInstalledError",
     "ServerError",
     "SessionPoisonedError",
+    "ShuttingDownError",
     "UnauthorizedError",
     "error_from_json",
 ]
@@ -193,6 +194,14 @@ class DrainingError(CapacityExhaustedError):
 
     kind = "draining"
     code = "draining"
+
+
+class ShuttingDownError(DrainingError):
+    """The gateway is shutting down and its ``shutdown_grace`` ran out for this request
+    (a stream cut by it ends with this error as its last event)."""
+
+    kind = "shutting_down"
+    code = "shutting_down"
 
 
 class DeploymentFailedError(CapacityExhaustedError):

@@ -24,6 +24,7 @@ from ._engine import (
 )
 from ._http import (
     HttpClientOptions as HttpClientOptions,
+    encode_json_body as encode_json_body,
     map_http_errors as map_http_errors,
     open_http_client as open_http_client,
     redacted_url as redacted_url,
@@ -104,6 +105,7 @@ __all__: list[str] = [
     "classify_http_status",
     "compute_backoff",
     "credential_problem",
+    "encode_json_body",
     "error_message",
     "map_http_errors",
     "open_http_client",

@@ -14,9 +14,11 @@ import enum
 import inspect
 import json
 import logging
+import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -25,7 +27,12 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from atomr_infer_core import RequestKind, TokensBuilder
-from atomr_infer_core.errors import InferenceError, InternalError, NotFoundError
+from atomr_infer_core.errors import (
+    InferenceError,
+    InternalError,
+    NotFoundError,
+    ShuttingDownError,
+)
 
 from ._auth import KeyChecker
 from ._disconnect import ClientDisconnected, ResponseState, cancel_on_disconnect, read_body
@@ -105,14 +112,41 @@ class _Gateway:
         settings = cluster.config.cluster
         self.keys = KeyChecker(settings.api_keys)
         self.max_body = settings.max_request_bytes
+        #: one cancel scope per running request; shutdown sets their deadline
+        self._cuts: set[trio.CancelScope] = set()
+        self._cut_at: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             parser = _PARSERS.get(scope["path"])
             if parser is not None:
-                await self._post(scope, receive, send, parser)
+                if scope["method"] == "POST":
+                    await self._post(scope, receive, send, parser)
+                else:
+                    await _method_not_allowed(scope, send)
                 return
         await self.quart(scope, receive, send)
+
+    # ------------------------------------------------------------ shutdown
+
+    def begin_shutdown(self, grace: float) -> None:
+        """The gateway stops: every request still running (or arriving on a
+        kept-alive connection) is cut ``grace`` seconds from now. A cut stream ends
+        with an SSE error event (code ``shutting_down``) and a proper end of body; a cut
+        request that sent nothing yet gets 503 ``shutting_down``."""
+        self._cut_at = trio.current_time() + max(0.0, grace)
+        for cut in self._cuts:
+            cut.deadline = min(cut.deadline, self._cut_at)
+
+    @contextmanager
+    def _cut_scope(self) -> Iterator[trio.CancelScope]:
+        cut = trio.CancelScope(deadline=math.inf if self._cut_at is None else self._cut_at)
+        self._cuts.add(cut)
+        try:
+            with cut:
+                yield cut
+        finally:
+            self._cuts.discard(cut)
 
     # ------------------------------------------------------------ POST fast path
 
@@ -200,14 +234,20 @@ class _Gateway:
     ) -> int:
         batch = parsed.batch
         builder = TokensBuilder(request_id=batch.request_id)
-        try:
-            async with self.cluster.execute(batch) as chunks:
-                async for chunk in chunks:
-                    builder.add(chunk)
-                deployment = getattr(chunks, "deployment", None)
-        except InferenceError as exc:
-            await _send_error(send, exc, extra)
-            return exc.http_status
+        deployment = None
+        with self._cut_scope() as cut:
+            try:
+                async with self.cluster.execute(batch) as chunks:
+                    async for chunk in chunks:
+                        builder.add(chunk)
+                    deployment = getattr(chunks, "deployment", None)
+            except InferenceError as exc:
+                await _send_error(send, exc, extra)
+                return exc.http_status
+        if cut.cancelled_caught:
+            error = _shutting_down()
+            await _send_error(send, error, extra)
+            return error.http_status
         tokens = builder.build(deployment=deployment)
         created = int(time.time())
         if batch.kind is RequestKind.CHAT:
@@ -249,35 +289,43 @@ class _Gateway:
             include_usage=parsed.include_usage,
         )
         started = False
-        try:
-            async with self.cluster.execute(batch) as chunks:
-                # chunks that arrived together go out in one write; nothing waits for more
-                take = getattr(chunks, "next_nowait", None)
-                async for chunk in chunks:
-                    data = encoder.encode(chunk)
-                    if take is not None:
-                        while (more := take()) is not None:
-                            data += encoder.encode(more)
-                    if not started:
-                        started = True
-                        await send(
-                            {
-                                "type": "http.response.start",
-                                "status": 200,
-                                "headers": [*_SSE_HEADERS, *extra],
-                            }
-                        )
-                    if data:
-                        await send({"type": "http.response.body", "body": data, "more_body": True})
-        except InferenceError as exc:
+        error: InferenceError | None = None
+        with self._cut_scope() as cut:
+            try:
+                async with self.cluster.execute(batch) as chunks:
+                    # chunks that arrived together go out in one write; nothing waits for more
+                    take = getattr(chunks, "next_nowait", None)
+                    async for chunk in chunks:
+                        data = encoder.encode(chunk)
+                        if take is not None:
+                            while (more := take()) is not None:
+                                data += encoder.encode(more)
+                        if not started:
+                            started = True
+                            await send(
+                                {
+                                    "type": "http.response.start",
+                                    "status": 200,
+                                    "headers": [*_SSE_HEADERS, *extra],
+                                }
+                            )
+                        if data:
+                            await send(
+                                {"type": "http.response.body", "body": data, "more_body": True}
+                            )
+            except InferenceError as exc:
+                error = exc
+        if cut.cancelled_caught:
+            error = _shutting_down()
+        if error is not None:
             if not started:
-                await _send_error(send, exc, extra)
-                return exc.http_status
+                await _send_error(send, error, extra)
+                return error.http_status
             logger.warning(
-                "request %s failed after streaming began: %s", batch.request_id, exc.message
+                "request %s failed after streaming began: %s", batch.request_id, error.message
             )
             await send(
-                {"type": "http.response.body", "body": error_sse_event(exc), "more_body": False}
+                {"type": "http.response.body", "body": error_sse_event(error), "more_body": False}
             )
             return 200
         if not started:
@@ -286,6 +334,28 @@ class _Gateway:
             )
         await send({"type": "http.response.body", "body": encoder.finish(), "more_body": False})
         return 200
+
+
+def _shutting_down() -> ShuttingDownError:
+    return ShuttingDownError(
+        "the gateway is shutting down and its shutdown_grace ran out for this request; "
+        "send it again (another gateway instance, or this one once it is back)"
+    )
+
+
+async def _method_not_allowed(scope: Scope, send: Send) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"method {scope['method']} is not allowed on {scope['path']}; use POST",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "method_not_allowed",
+            }
+        }
+    ).encode()
+    headers = [_JSON, (b"allow", b"POST"), (b"x-should-retry", b"false")]
+    await _send_full(send, 405, headers, body)
 
 
 async def _send_full(
@@ -319,6 +389,8 @@ def _error_json(exc: InferenceError) -> Response:
 
 def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
     app = QuartTrio("atomr_infer_gateway")
+    # "//v1//models" is a 404 in JSON like any unknown path, not a 308 to an HTML page
+    app.url_map.merge_slashes = False
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = None
 
