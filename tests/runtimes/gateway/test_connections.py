@@ -70,8 +70,7 @@ async def _read_until_closed(stream: trio.SocketStream) -> bytes:
 async def _wait_for_tasks(count: int) -> None:
     """Wait (real time, bounded by the caller) until the task tree is back to ``count``."""
     while _count_tasks() > count:
-        await trio.testing.wait_all_tasks_blocked()
-        await trio.sleep(0)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
 
 
 class _HangingCluster(FakeCluster):
@@ -195,7 +194,7 @@ async def test_a_request_cut_before_output_gets_503_shutting_down() -> None:
     cluster.runners["chat"] = type(cluster.runners["chat"])(
         cluster.config.deployment("chat"), MockConfig(chunks=("x",), chunk_delay=3600), None
     )
-    async with _serving(cluster) as (port, stop, stopped):
+    async with _serving(cluster) as (port, stop, _stopped):
         async with trio.open_nursery() as nursery:
             await nursery.start(cluster.runners["chat"].run)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
