@@ -165,6 +165,9 @@ class Execution:
         self._arrival = 0.0
         self._phase = "queue"
         self._entered = False
+        #: the deployment the request was last routed to (metrics label before output)
+        self._routed: str | None = None
+        self._recorded = False
         #: the current attempt reached a runner (a non-idempotent one must not be re-sent)
         self._dispatched = False
 
@@ -174,13 +177,19 @@ class Execution:
         if self._entered:
             raise RuntimeError("an Execution can be entered once")
         self._entered = True
-        cluster = self._cluster
         self._arrival = trio.current_time()
         try:
-            primary = cluster._runtime(cluster.route(self.batch.model))
-        except InferenceError as exc:
-            cluster._count_error(self.batch.model, exc, known=False)
+            return await self._enter()
+        except BaseException as exc:
+            # no output: the request ends here, counted once with how it ended (a client
+            # that left first is "cancelled": the gateway's 499)
+            self._record(exc)
             raise
+
+    async def _enter(self) -> Execution:
+        cluster = self._cluster
+        primary = cluster._runtime(cluster.route(self.batch.model))
+        self._routed = primary.name
         deadline = self.batch.deadline
         if deadline is None:
             deadline = self._arrival + primary.deployment.timeouts.request_timeout
@@ -190,6 +199,7 @@ class Execution:
             runtime = cluster._deployments.get(name)
             if runtime is None:
                 continue
+            self._routed = name
             try:
                 await self._start_on(runtime, deadline)
                 return self
@@ -197,7 +207,6 @@ class Execution:
                 if exc.deployment is None:
                     exc.deployment = name
                 last = exc
-                cluster._count_error(name, exc)
                 if not self._may_fall_back(exc, runtime, deadline) or position == len(chain) - 1:
                     raise
                 cluster.metrics.fallbacks.labels(name, exc.kind).inc()
@@ -421,15 +430,20 @@ class Execution:
         return None
 
     def _record(self, error: BaseException | None) -> None:
+        """Count the request, once, with its outcome (ok, error kind, cancelled)."""
+        if self._recorded:
+            return
+        self._recorded = True
         cluster = self._cluster
-        name = self.deployment or "?"
+        name = self.deployment or self._routed or "?"
         bound = cluster.metrics.of(name)
         if error is None:
             bound.ok.inc()
             bound.latency.observe(trio.current_time() - self._arrival)
         elif isinstance(error, InferenceError):
             cluster.metrics.requests.labels(name, "error", error.kind).inc()
-            self._log.warning("failed after output began: %s: %s", error.kind, error.message)
+            if self.deployment is not None:
+                self._log.warning("failed after output began: %s: %s", error.kind, error.message)
         elif _only_cancelled(error):
             cluster.metrics.requests.labels(name, "cancelled", "").inc()
         else:
@@ -728,10 +742,6 @@ class Cluster:
             ready=all(d.state == DeploymentState.SERVING.value for d in deployments),
             deployments=deployments,
         )
-
-    def _count_error(self, name: str, exc: InferenceError, *, known: bool = True) -> None:
-        label = name if known else "?"
-        self.metrics.requests.labels(label, "error", exc.kind).inc()
 
     def _refresh_gauges(self) -> None:
         for name, runtime in self._deployments.items():

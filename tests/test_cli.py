@@ -249,3 +249,84 @@ def test_serve_reports_an_invalid_runtime_config_without_a_traceback(tmp_path: P
     assert result.returncode == 1
     assert "runtime_config.chunk_delay" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- start-up problems, at once
+
+EVERYTHING_WRONG = """
+[cluster]
+name = "t"
+bind = "0.0.0.0:0"
+
+[[deployment]]
+name = "chat"
+model = "gpt-4o-mini"
+runtime = "openai"
+[deployment.runtime_config]
+api_key = "${ATOMR_TEST_UNSET_KEY}"
+
+[[deployment]]
+name = "local"
+model = "mock-small"
+[deployment.runtime_config]
+chunk_delay = -1
+"""
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_check_and_serve_report_every_startup_problem_in_one_go(
+    tmp_path: Path, command: str
+) -> None:
+    path = tmp_path / "atomr.toml"
+    path.write_text(EVERYTHING_WRONG)
+    env = {"ATOMR_INFER_LOAD_PLUGINS": "openai,testkit"}
+    result = _run(command, "--config", str(path), **env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "3 configuration problems" in result.stderr, result.stderr
+    assert "deployment[0].runtime_config.api_key: environment variable" in result.stderr
+    assert "ATOMR_TEST_UNSET_KEY" in result.stderr
+    assert "deployment[1].runtime_config.chunk_delay" in result.stderr
+    assert "cluster.bind: refusing to serve on '0.0.0.0'" in result.stderr
+    # model = "mock-small" names no runtime: the testkit's pattern mock-* claims it
+    assert "cannot infer a runtime" not in result.stderr
+
+
+MISSING_KEY = """
+[cluster]
+bind = "127.0.0.1:0"
+
+[[deployment]]
+name = "chat"
+model = "gpt-4o-mini"
+"""
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_a_missing_api_key_is_found_at_startup(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "atomr.toml"
+    path.write_text(MISSING_KEY)
+    env = _env(ATOMR_INFER_LOAD_PLUGINS="openai")
+    env.pop("OPENAI_API_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "atomr_infer", command, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 1  # serve too: it never starts "serving" to crash later
+    assert (
+        "deployment[0].runtime_config.api_key: environment variable OPENAI_API_KEY is not set"
+        in result.stderr
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_honours_plugin_model_patterns(tmp_path: Path) -> None:
+    path = tmp_path / "atomr.toml"
+    path.write_text(GOOD.replace('model = "mock"\nruntime = "mock"', 'model = "mock-tiny"'))
+    result = _run("check", "--config", str(path), ATOMR_INFER_LOAD_PLUGINS="testkit")
+    assert result.returncode == 0, result.stderr
+    assert "runtime=mock" in result.stdout

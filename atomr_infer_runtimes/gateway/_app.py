@@ -157,6 +157,7 @@ class _Gateway:
         extra = [(b"x-request-id", request_id.encode())]
         status = 200
         state = ResponseState()
+        reached_cluster = False
 
         async def tracked_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -174,15 +175,19 @@ class _Gateway:
                 content_length=int(length) if length and length.isdigit() else None,
             )
             parsed: ParsedRequest = parser(parse_json_body(body), request_id)
+            reached_cluster = True  # from here on the cluster counts the request
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, state)
                 status = await self._dispatch(parsed, tracked_send, extra, state)
                 nursery.cancel_scope.cancel()
         except InferenceError as exc:
             status = exc.http_status
+            if not reached_cluster:
+                self._count_rejected(exc.kind)
             await _send_error(send, exc, extra)
         except ClientDisconnected:
             state.gone = True
+            self._count_rejected(None)
         finally:
             if state.gone:
                 status = 499
@@ -194,6 +199,13 @@ class _Gateway:
                 request_id,
                 (time.perf_counter() - started) * 1000,
             )
+
+    def _count_rejected(self, kind: str | None) -> None:
+        """Count a request the front door ended (bad body, bad key, client gone while
+        sending it): the cluster never saw it, and every request is counted once."""
+        requests = getattr(getattr(self.cluster, "metrics", None), "requests", None)
+        if requests is not None:
+            requests.labels("?", "error" if kind else "cancelled", kind or "").inc()
 
     async def _dispatch(
         self,
