@@ -46,10 +46,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: one decoder for every request (``json.loads`` with hooks builds a new one per call)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def loads_strict(raw: bytes) -> Any:
     """Decode ``raw`` as JSON a provider can be sent, or raise ``BadRequestError``."""
     try:
-        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        value = _DECODER.decode(text)
     except BadRequestError:
         raise
     except RecursionError:
@@ -59,7 +64,7 @@ def loads_strict(raw: bytes) -> Any:
             f"the request body is not valid JSON ({exc}); send a JSON object with "
             "Content-Type: application/json"
         ) from None
-    surrogates = _SURROGATE_ESCAPE.search(raw) is not None
+    surrogates = b"\\u" in raw and _SURROGATE_ESCAPE.search(raw) is not None
     # the number of opening brackets bounds the depth: most bodies need no walk at all
     if surrogates or raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
         check_encodable(value, surrogates=surrogates)
@@ -73,43 +78,65 @@ def _too_deep(param: str | None = None) -> BadRequestError:
     )
 
 
-def _path(parent: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{parent}[{key}]"
-    return f"{parent}.{key}" if parent else key
+def _surrogate(param: str, *, key: bool = False) -> BadRequestError:
+    where = f"the key '{param}'" if key else f"'{param or 'body'}'"
+    return _bad(
+        f"{where} contains a lone UTF-16 surrogate, which cannot be encoded as UTF-8; "
+        "send valid Unicode text",
+        param or None,
+    )
+
+
+class _Found(Exception):
+    """A problem deep in the value; the path is collected while unwinding."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.path: list[str | int] = []
+
+
+def _render(path: list[str | int]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
 
 
 def check_encodable(value: Any, *, surrogates: bool = True) -> None:
     """Raise ``BadRequestError`` when ``value`` nests too deep or holds a lone surrogate.
 
-    Iterative (no recursion limit of its own); ``surrogates=False`` skips string checks
-    when the caller knows none can be present.
+    Recursion stops at ``MAX_JSON_DEPTH``, so it never nears the interpreter's limit;
+    ``surrogates=False`` skips the string checks when none can be present.
     """
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
-    while stack:
-        item, path, depth = stack.pop()
-        if isinstance(item, str):
-            if surrogates and _SURROGATE.search(item):
-                raise _bad(
-                    f"'{path or 'body'}' contains a lone UTF-16 surrogate, which cannot be "
-                    "encoded as UTF-8; send valid Unicode text",
-                    path or None,
-                )
-            continue
-        if isinstance(item, dict):
-            children: Any = item.items()
-        elif isinstance(item, list):
-            children = enumerate(item)
-        else:
-            continue
-        if depth >= MAX_JSON_DEPTH:
-            raise _too_deep(path or None)
-        for key, child in children:
-            where = _path(path, key)
-            if surrogates and isinstance(key, str) and _SURROGATE.search(key):
-                raise _bad(
-                    f"the key '{where}' contains a lone UTF-16 surrogate, which cannot be "
-                    "encoded as UTF-8; send valid Unicode text",
-                    where,
-                )
-            stack.append((child, where, depth + 1))
+    try:
+        _walk(value, 0, surrogates)
+    except _Found as found:
+        found.path.reverse()
+        param = _render(found.path)
+        if found.kind == "depth":
+            raise _too_deep(param or None) from None
+        raise _surrogate(param, key=found.kind == "key") from None
+
+
+def _walk(item: Any, depth: int, surrogates: bool) -> None:
+    if isinstance(item, dict):
+        children: Any = item.items()
+    elif isinstance(item, list):
+        children = enumerate(item)
+    else:
+        if surrogates and isinstance(item, str) and _SURROGATE.search(item):
+            raise _Found("text")
+        return
+    if depth >= MAX_JSON_DEPTH:
+        raise _Found("depth")
+    for key, child in children:
+        if surrogates and isinstance(key, str) and _SURROGATE.search(key):
+            found = _Found("key")
+            found.path.append(key)
+            raise found
+        if isinstance(child, dict | list) or (surrogates and isinstance(child, str)):
+            try:
+                _walk(child, depth + 1, surrogates)
+            except _Found as found:
+                found.path.append(key)
+                raise
