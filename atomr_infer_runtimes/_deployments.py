@@ -107,7 +107,8 @@ class ReplicaSlot:
     restarts: int = 0
     child: SupervisedChild | None = None
     inflight: set[Any] = attrs.Factory(set)
-    #: attempts failed by the runner itself (SessionPoisonedError) since the last crash
+    #: attempts the runner failed itself (SessionPoisonedError) since its last answer
+    #: or crash: what a crash log adds to the attempts still in flight
     crash_casualties: int = 0
 
 
@@ -214,7 +215,11 @@ class DeploymentRuntime:
         self, replica: ReplicaSlot, attempt: Any, error: BaseException | None = None
     ) -> None:
         """An attempt left ``replica`` (``error``: what it ended with, if it failed)."""
-        if isinstance(error, SessionPoisonedError) and not getattr(attempt, "crash_counted", False):
+        if error is None:
+            replica.crash_casualties = 0  # the session answered: earlier failures are past
+        elif isinstance(error, SessionPoisonedError) and not getattr(
+            attempt, "crash_counted", False
+        ):
             replica.crash_casualties += 1
         replica.outstanding -= 1
         replica.inflight.discard(attempt)
