@@ -330,3 +330,46 @@ def test_check_honours_plugin_model_patterns(tmp_path: Path) -> None:
     result = _run("check", "--config", str(path), ATOMR_INFER_LOAD_PLUGINS="testkit")
     assert result.returncode == 0, result.stderr
     assert "runtime=mock" in result.stdout
+
+
+@pytest.mark.slow
+async def test_sigterm_does_not_wait_for_an_idle_keep_alive_connection(tmp_path: Path) -> None:
+    import signal
+
+    path = tmp_path / "atomr.toml"
+    path.write_text(
+        GOOD.replace('bind = "127.0.0.1:0"', 'bind = "127.0.0.1:0"\nshutdown_grace = "30s"')
+    )
+    proc = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "atomr_infer",
+            "serve",
+            "--config",
+            str(path),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env=_env(ATOMR_INFER_LOAD_PLUGINS="testkit"),
+    )
+    try:
+        with trio.fail_after(60):
+            url = await _read_banner(proc)
+            port = int(url.rsplit(":", 1)[1])
+            probe = await trio.open_tcp_stream("127.0.0.1", port)  # a scraper's keep-alive
+            await probe.send_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b'{"status": "ok"}'):
+                answer += await probe.receive_some(4096)
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):  # the grace is 30 s: only an immediate close passes
+            assert await probe.receive_some(4096) == b""
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0

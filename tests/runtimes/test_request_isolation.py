@@ -121,3 +121,22 @@ async def test_a_toml_file_may_name_a_model_only_a_plugin_pattern_claims(
     async with open_cluster(path, plugins=[testkit], load_entry_points=False) as cluster:
         reply = await cluster.complete("chat", messages=HELLO)
     assert reply.text == "".join(MockConfig().chunks)
+
+
+async def test_the_front_door_counts_what_it_rejects(
+    mock_plugin: Any, mock_deployment: Any
+) -> None:
+    import httpx
+
+    from atomr_infer_runtimes.gateway import open_gateway
+
+    async with open_cluster(
+        [mock_deployment("chat")], plugins=[mock_plugin], load_entry_points=False
+    ) as cluster:
+        async with open_gateway(cluster) as url, httpx.AsyncClient(base_url=url) as http:
+            ok = await http.post("/v1/chat/completions", json={"model": "chat", "messages": HELLO})
+            bad = await http.post("/v1/chat/completions", content=b'{"model": NaN}')
+            wrong = await http.post("/v1/chat/completions", json={"model": "chat"})
+        assert (ok.status_code, bad.status_code, wrong.status_code) == (200, 400, 400)
+        assert _metric(cluster, deployment="chat", status="ok", error_kind="") == 1
+        assert _metric(cluster, deployment="?", status="error", error_kind="bad_request") == 2
