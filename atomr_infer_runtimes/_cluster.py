@@ -63,6 +63,7 @@ from atomr_infer_core.errors import (
 )
 
 from ._admission import Ticket
+from ._content import text_problem
 from ._deployments import DeploymentRuntime, DeploymentState, DeploymentStatus, ReplicaSlot
 from ._metrics import BREAKER_STATE_VALUES, ClusterMetrics
 from ._plugins import PluginRegistry
@@ -188,6 +189,9 @@ class Execution:
 
     async def _enter(self) -> Execution:
         cluster = self._cluster
+        problem = text_problem(self.batch)
+        if problem is not None:
+            raise problem
         primary = cluster._runtime(cluster.route(self.batch.model))
         self._routed = primary.name
         deadline = self.batch.deadline

@@ -140,3 +140,28 @@ async def test_the_front_door_counts_what_it_rejects(
         assert (ok.status_code, bad.status_code, wrong.status_code) == (200, 400, 400)
         assert _metric(cluster, deployment="chat", status="ok", error_kind="") == 1
         assert _metric(cluster, deployment="?", status="error", error_kind="bad_request") == 2
+
+
+@pytest.mark.parametrize(
+    ("call", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "a\ud800b"}]}, "messages[0].content"),
+        ({"prompt": "x\udfff"}, "prompt"),
+        ({"messages": HELLO, "stop": ["\ud83d"]}, "stop[0]"),
+    ],
+)
+async def test_embedded_text_with_a_lone_surrogate_never_reaches_a_runner(
+    mock_plugin: Any, mock_deployment: Any, runners: Any, call: dict[str, Any], param: str
+) -> None:
+    from atomr_infer_core.errors import BadRequestError
+
+    async with open_cluster(
+        [mock_deployment("chat")], plugins=[mock_plugin], load_entry_points=False
+    ) as cluster:
+        with pytest.raises(BadRequestError, match="lone UTF-16 surrogate") as caught:
+            await cluster.complete("chat", **call)
+        reply = await cluster.complete("chat", messages=HELLO)
+    assert caught.value.param == param
+    [runner] = runners.of("chat")
+    assert runner.counters.executions == 1  # only the good request
+    assert reply.text == "Hello, world!"
