@@ -373,3 +373,13 @@ async def test_sigterm_does_not_wait_for_an_idle_keep_alive_connection(tmp_path:
             proc.kill()
             await proc.wait()
     assert code == 0
+
+
+def test_check_refuses_an_api_key_left_empty_by_an_unset_variable(tmp_path: Path) -> None:
+    path = tmp_path / "atomr.toml"
+    path.write_text(
+        MISSING_KEY + '[deployment.runtime_config]\napi_key = "${ATOMR_TEST_UNSET_KEY:-}"\n'
+    )
+    result = _run("check", "--config", str(path), ATOMR_INFER_LOAD_PLUGINS="openai")
+    assert result.returncode == 1
+    assert "deployment[0].runtime_config.api_key: the credential is empty" in result.stderr
