@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         open_cluster as open_cluster,
     )
 
-__version__ = "0.1.0"
+from atomr_infer_core import __version__ as __version__
 
 _RUNTIME_NAMES = (
     "Cluster",

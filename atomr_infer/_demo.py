@@ -102,10 +102,34 @@ async def _scenarios() -> list[tuple[str, str, str, str, int, str, float]]:
     return rows
 
 
+#: the plugins the demo runs on, and the line that installs each
+NEEDS = {
+    "atomr_infer_openai": "pip install atomr-infer-openai",
+    "atomr_infer_testkit": "pip install atomr-infer-testkit",
+}
+
+
+def missing_plugins() -> list[str]:
+    """The ``pip install`` lines for the demo's plugins that are not installed."""
+    import importlib.util
+
+    return [line for module, line in NEEDS.items() if importlib.util.find_spec(module) is None]
+
+
 def run_demo() -> int:
     """Run the three scenarios and print them as a table; exit 0 when all behaved."""
+    import sys
+
     import trio
 
+    missing = missing_plugins()
+    if missing:
+        print(
+            "atomr-infer demo runs the OpenAI runtime against the testkit's mock server; install:\n"
+            + "\n".join(f"  {line}" for line in missing),
+            file=sys.stderr,
+        )
+        return 1
     rows = trio.run(_scenarios)
     header = ("scenario", "call", "outcome", "detail", "upstream hits", "breaker", "seconds")
     widths = [max(len(str(r[i])) if i != 6 else 7 for r in [header, *rows]) for i in range(7)]

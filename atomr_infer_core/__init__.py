@@ -15,6 +15,7 @@ from ._deployment import (
     Config as Config,
     Deployment as Deployment,
     JitterKind as JitterKind,
+    LogFormat as LogFormat,
     RateLimits as RateLimits,
     Replica as Replica,
     RetryPolicy as RetryPolicy,
@@ -22,6 +23,7 @@ from ._deployment import (
     Serving as Serving,
     StateBackendKind as StateBackendKind,
     StateConfig as StateConfig,
+    TelemetryConfig as TelemetryConfig,
     Timeouts as Timeouts,
 )
 from ._kinds import (
@@ -74,6 +76,11 @@ from ._tokens import (
 )
 from .errors import ConfigError as ConfigError, InferenceError as InferenceError
 
+#: the version of the core distribution, ``atomr-infer-trio`` (every plugin shares it)
+__version__ = "0.2.0"
+#: the core distribution's name on the package index
+DISTRIBUTION = "atomr-infer-trio"
+
 __all__ = [
     "Budget",
     "BudgetAction",
@@ -91,6 +98,7 @@ __all__ = [
     "ImageUrlPart",
     "InferenceError",
     "JitterKind",
+    "LogFormat",
     "Message",
     "ModelPrice",
     "ModelRunner",
@@ -116,6 +124,7 @@ __all__ = [
     "StateConfig",
     "StepModel",
     "StopScanner",
+    "TelemetryConfig",
     "TextPart",
     "Timeouts",
     "TokenChunk",

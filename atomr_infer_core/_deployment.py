@@ -25,6 +25,7 @@ __all__ = [
     "Config",
     "Deployment",
     "JitterKind",
+    "LogFormat",
     "RateLimits",
     "Replica",
     "RetryPolicy",
@@ -32,6 +33,7 @@ __all__ = [
     "Serving",
     "StateBackendKind",
     "StateConfig",
+    "TelemetryConfig",
     "Timeouts",
 ]
 
@@ -62,6 +64,13 @@ class BudgetAction(str, enum.Enum):
     REJECT = "reject"
     WARN = "warn"
     THROTTLE = "throttle"
+
+
+class LogFormat(str, enum.Enum):
+    """How ``serve`` writes its log: fixed-format text, or one JSON object per line."""
+
+    TEXT = "text"
+    JSON = "json"
 
 
 class StateBackendKind(str, enum.Enum):
@@ -254,6 +263,10 @@ class ClusterConfig:
     max_request_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_ge1)
     #: the original's placeholder for multi-node; accepted and unused
     endpoint: str | None = None
+    #: ``serve``'s log lines: ``text`` or ``json`` (one object per line); ``--log-format`` wins
+    log_format: LogFormat = LogFormat.TEXT
+    #: browser origins allowed to call the gateway (CORS); empty: CORS off; ``"*"``: any
+    cors_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     @property
     def host(self) -> str:
@@ -276,11 +289,28 @@ class StateConfig:
 
 
 @attrs.frozen(kw_only=True)
+class TelemetryConfig:
+    """OpenTelemetry export (needs ``pip install 'atomr-infer-trio[otel]'``).
+
+    Tracing is on when ``endpoint`` is set here or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is in
+    the environment; the other ``OTEL_*`` variables are honoured by the SDK as usual.
+    """
+
+    #: OTLP/HTTP collector base URL, e.g. ``http://127.0.0.1:4318``
+    endpoint: str | None = None
+    #: ``service.name`` of the spans and metrics
+    service_name: str = "atomr-infer"
+    #: record prompts and answers on spans (``gen_ai.input.messages`` / ``gen_ai.output.messages``)
+    capture_content: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class Config:
-    """A whole project file: ``[cluster]``, ``[state]``, ``[[deployment]]``."""
+    """A whole project file: ``[cluster]``, ``[state]``, ``[telemetry]``, ``[[deployment]]``."""
 
     cluster: ClusterConfig = attrs.Factory(ClusterConfig)
     state: StateConfig = attrs.Factory(StateConfig)
+    telemetry: TelemetryConfig = attrs.Factory(TelemetryConfig)
     deployments: tuple[Deployment, ...] = attrs.field(default=(), converter=tuple)
 
     def deployment(self, name: str) -> Deployment:

@@ -186,6 +186,9 @@ class ExecuteBatch:
     dimensions: int | None = None
     #: provider-specific fields passed through untouched
     extra: Mapping[str, Any] = attrs.Factory(dict)
+    #: W3C trace context (``traceparent``) of the span this request runs under; remote
+    #: runtimes send it upstream so the provider's spans join the caller's trace
+    traceparent: str | None = None
 
     def __attrs_post_init__(self) -> None:
         present = {

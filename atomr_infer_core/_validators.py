@@ -1,4 +1,7 @@
-"""attrs validators whose errors name the field, so config errors can name its path."""
+"""attrs validators whose errors name the field, so config errors can name its path.
+
+Each carries its bound as ``json_schema`` (``{"minimum": 1}``) for the config schema.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ def at_least(low: float) -> Any:
         if value < low:
             raise FieldValueError(attr.name, f"must be >= {_fmt(low)} (got {_fmt(value)})")
 
+    check.json_schema = {"minimum": low}  # type: ignore[attr-defined]
     return check
 
 
@@ -35,6 +39,7 @@ def greater_than(low: float) -> Any:
         if value <= low:
             raise FieldValueError(attr.name, f"must be > {_fmt(low)} (got {_fmt(value)})")
 
+    check.json_schema = {"exclusiveMinimum": low}  # type: ignore[attr-defined]
     return check
 
 
@@ -45,6 +50,7 @@ def between(low: float, high: float) -> Any:
                 attr.name, f"must be between {_fmt(low)} and {_fmt(high)} (got {_fmt(value)})"
             )
 
+    check.json_schema = {"minimum": low, "maximum": high}  # type: ignore[attr-defined]
     return check
 
 
@@ -53,4 +59,5 @@ def optional(check: Any) -> Any:
         if value is not None:
             check(inst, attr, value)
 
+    wrapped.json_schema = getattr(check, "json_schema", {})  # type: ignore[attr-defined]
     return wrapped

@@ -36,6 +36,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from ._deployment import Config, Deployment, Seconds
 from ._kinds import RuntimeKind
+from ._schema import config_schema
 from ._secret import Secret
 from ._validators import FieldValueError
 from .errors import ConfigError
@@ -43,6 +44,7 @@ from .errors import ConfigError
 __all__ = [
     "ConfigError",
     "check_config",
+    "config_schema",
     "converter",
     "load_config",
     "parse_duration",

@@ -16,6 +16,8 @@ from ._classify import (
     parse_error_body as parse_error_body,
 )
 from ._engine import (
+    AttemptObserver as AttemptObserver,
+    AttemptWatch as AttemptWatch,
     EngineStatistics as EngineStatistics,
     Provider as Provider,
     ProviderRequest as ProviderRequest,

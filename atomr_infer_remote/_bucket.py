@@ -124,6 +124,13 @@ class RollingWindow:
                 return _until(now, at + self.window_s)
         return self.window_s  # only reached through float drift
 
+    def time_until_full(self, now: float) -> float:
+        """Seconds until everything spent has left the window (0 when nothing is spent)."""
+        self._expire(now)
+        if not self._spent:
+            return 0.0
+        return _until(now, self._spent[-1][0] + self.window_s)
+
     def give_back(self, n: float, now: float) -> None:
         """Refund ``n`` units, newest spend first."""
         self._expire(now)

@@ -244,6 +244,27 @@ class _ChunkStream:
         return item  # type: ignore[no-any-return]
 
 
+# -- observing attempts (tracing) -----------------------------------------------------
+class AttemptWatch(Protocol):
+    """One upstream request being observed."""
+
+    #: the trace context to send upstream for this request (``None``: the batch's own)
+    traceparent: str | None
+
+    def finish(self, error: BaseException | None) -> None:
+        """The request ended: with ``error``, or ``None`` when it succeeded."""
+
+
+class AttemptObserver(Protocol):
+    """Told about every request the engine sends upstream, retries included.
+
+    The runtime layer's tracing implements it (``services["observer"]``); the engine
+    itself knows nothing about spans. Called from the engine's worker tasks.
+    """
+
+    def upstream_attempt(self, batch: ExecuteBatch, number: int) -> AttemptWatch: ...
+
+
 # -- the engine -----------------------------------------------------------------------
 class RemoteEngine:
     """Worker slots calling one provider for one deployment replica.
@@ -266,8 +287,10 @@ class RemoteEngine:
         breaker: Any = None,
         state: Any = None,
         rng: random.Random | None = None,
+        observer: AttemptObserver | None = None,
     ) -> None:
         self.provider = provider
+        self._observer = observer
         self.deployment = deployment
         self._credentials = credentials
         self._base_url = base_url
@@ -506,7 +529,7 @@ class RemoteEngine:
             take_permit = tries > 0 or not self._admission_limiter
             tries += 1
             try:
-                await self._attempt(request, take_permit=take_permit)
+                await self._observed_attempt(request, tries, take_permit=take_permit)
                 return
             except UnauthorizedError:
                 if reauthenticated or request.output_started:
@@ -533,7 +556,22 @@ class RemoteEngine:
             attempt += 1
             await trio.sleep(decision.delay)
 
-    async def _attempt(self, request: _Request, *, take_permit: bool) -> None:
+    async def _observed_attempt(self, request: _Request, number: int, *, take_permit: bool) -> None:
+        """One upstream request, reported to the observer (tracing) when there is one."""
+        if self._observer is None:
+            await self._attempt(request, take_permit=take_permit)
+            return
+        watch = self._observer.upstream_attempt(request.batch, number)
+        try:
+            await self._attempt(request, take_permit=take_permit, traceparent=watch.traceparent)
+        except BaseException as exc:
+            watch.finish(exc)
+            raise
+        watch.finish(None)
+
+    async def _attempt(
+        self, request: _Request, *, take_permit: bool, traceparent: str | None = None
+    ) -> None:
         permit = None
         if take_permit:
             permit = await self._limiter.acquire(
@@ -547,7 +585,7 @@ class RemoteEngine:
             try:
                 async with self.session.borrow() as snapshot:
                     request.generation = snapshot.generation
-                    await self._exchange(request, snapshot.client, snapshot.credential)
+                    await self._exchange(request, snapshot.client, snapshot.credential, traceparent)
             except InferenceError as error:
                 self._breaker.record_failure(breaker_permit, error)
                 raise
@@ -570,9 +608,17 @@ class RemoteEngine:
         )
 
     async def _exchange(
-        self, request: _Request, client: httpx.AsyncClient, credential: Secret | None
+        self,
+        request: _Request,
+        client: httpx.AsyncClient,
+        credential: Secret | None,
+        traceparent: str | None = None,
     ) -> None:
         wire = self._build_request(request.batch, credential)
+        headers = wire.headers
+        traceparent = traceparent or request.batch.traceparent
+        if traceparent is not None:
+            headers = {**headers, "traceparent": traceparent}
         with map_http_errors(provider=self.provider.name):
             with trio.move_on_at(request.deadline) as head_scope:
                 # first byte and read gaps are bounded by the cancel scopes here
@@ -580,7 +626,7 @@ class RemoteEngine:
                     client,
                     wire.method,
                     wire.url,
-                    headers=wire.headers,
+                    headers=headers,
                     json=wire.json,
                     connect_timeout=self.deployment.timeouts.connect_timeout,
                 )

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import httpx
 
-from atomr_infer_core import Timeouts
+from atomr_infer_core import DISTRIBUTION, Timeouts, __version__
 from atomr_infer_core.errors import BadRequestError, NetworkError, RequestTimeoutError
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
     "send_streaming",
 ]
 
-_USER_AGENT = "atomr-infer/0.1"
+_USER_AGENT = f"{DISTRIBUTION}/{__version__}"
 
 
 @attrs.frozen(kw_only=True)

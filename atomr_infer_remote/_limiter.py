@@ -34,6 +34,9 @@ class RateLimiterStatistics:
     requests_available: float | None
     tokens_available: float | None
     paused_for_s: float
+    #: seconds until the request (token) window is back to its full limit
+    requests_reset_s: float | None = None
+    tokens_reset_s: float | None = None
 
 
 class RateLimitPermit:
@@ -156,6 +159,8 @@ class RateLimiter:
             requests_available=None if self._rpm is None else self._rpm.available(now),
             tokens_available=None if self._tpm is None else self._tpm.available(now),
             paused_for_s=max(0.0, self._paused_until - now),
+            requests_reset_s=None if self._rpm is None else self._rpm.time_until_full(now),
+            tokens_reset_s=None if self._tpm is None else self._tpm.time_until_full(now),
         )
 
     # ---- internals --------------------------------------------------------------------

@@ -51,7 +51,7 @@ class EngineRunner:
     """A remote ``ModelRunner``: a provider on the remote engine.
 
     Services read from ``context.services``: ``"limiter"`` and ``"breaker"`` (shared with
-    admission) and ``"credentials"`` (a ``CredentialProvider`` that overrides the
+    admission), ``"observer"`` (an ``AttemptObserver``: tracing) and ``"credentials"`` (a ``CredentialProvider`` that overrides the
     config's own, e.g. an Azure Entra ID or Vertex token source). Subclasses set
     ``runtime_kind`` and ``capabilities``.
     """
@@ -85,6 +85,7 @@ class EngineRunner:
             limiter=context.services.get("limiter"),
             breaker=context.services.get("breaker"),
             state=context.state,
+            observer=context.services.get("observer"),
         )
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -25,6 +25,7 @@ from ._plugins import (
     PluginRegistry as PluginRegistry,
     package_for_runtime as package_for_runtime,
 )
+from ._rotation import RotationResult as RotationResult
 from ._supervisor import (
     ChildState as ChildState,
     RestartPolicy as RestartPolicy,
@@ -50,6 +51,7 @@ __all__ = [
     "ReplicaState",
     "ReplicaStatus",
     "RestartPolicy",
+    "RotationResult",
     "SupervisedChild",
     "Supervisor",
     "hookspecs",

@@ -68,8 +68,10 @@ from ._deployments import DeploymentRuntime, DeploymentState, DeploymentStatus, 
 from ._metrics import BREAKER_STATE_VALUES, ClusterMetrics
 from ._plugins import PluginRegistry
 from ._preflight import credential_problems
+from ._rotation import RotationResult, rotate_credentials
 from ._routing import fallback_chain, resolve_deployment
 from ._supervisor import RestartPolicy
+from ._telemetry import RequestTrace, Telemetry, telemetry_from_config
 
 __all__ = ["Cluster", "ClusterStatus", "Execution", "open_cluster"]
 
@@ -164,6 +166,7 @@ class Execution:
         self._first: Any = _NOTHING
         self._done = False
         self._arrival = 0.0
+        self._first_at = 0.0
         self._phase = "queue"
         self._entered = False
         #: the deployment the request was last routed to (metrics label before output)
@@ -171,6 +174,10 @@ class Execution:
         self._recorded = False
         #: the current attempt reached a runner (a non-idempotent one must not be re-sent)
         self._dispatched = False
+        #: tracing (None when telemetry is off): the request's trace, the live attempt span
+        self._trace: RequestTrace | None = None
+        self._attempt_span: Any = None
+        self._position = 0
 
     # -- entering: route, admit, dispatch, first chunk ------------------------------
 
@@ -178,13 +185,16 @@ class Execution:
         if self._entered:
             raise RuntimeError("an Execution can be entered once")
         self._entered = True
+        cluster = self._cluster
         self._arrival = trio.current_time()
+        if cluster.telemetry is not None:
+            self._trace = cluster.telemetry.start_request(self.batch, self._arrival)
         try:
             return await self._enter()
         except BaseException as exc:
             # no output: the request ends here, counted once with how it ended (a client
             # that left first is "cancelled": the gateway's 499)
-            self._record(exc)
+            self._record(exc)  # ends the trace too
             raise
 
     async def _enter(self) -> Execution:
@@ -205,6 +215,7 @@ class Execution:
                 continue
             self._routed = name
             try:
+                self._position = position
                 await self._start_on(runtime, deadline)
                 return self
             except InferenceError as exc:
@@ -259,12 +270,14 @@ class Execution:
         stack.enter_context(attempt.scope)
         runtime.attempts.add(attempt)
         stack.callback(self._cluster._attempt_done, runtime, attempt)
+        if self._trace is not None:
+            self._attempt_span = self._trace.attempt(
+                runtime.name, str(runtime.plugin.name), runtime.deployment.model, self._position
+            )
         try:
             await self._wait_serving(runtime)
             self._check_breaker(runtime)
-            ticket = await runtime.admission.admit(
-                self.batch, deadline=deadline, on_phase=self._set_phase
-            )
+            ticket = await self._admit(runtime, deadline)
             stack.push_async_callback(self._release, runtime, ticket)
             self._phase = "queue"
             replica = await self._pick(runtime)
@@ -279,12 +292,18 @@ class Execution:
             stack.push(_on_leave(runtime, replica, attempt))
             self._phase = "first_byte"
             self._dispatched = True
-            batch = attrs.evolve(self.batch, model=runtime.deployment.model, deadline=deadline)
+            batch = attrs.evolve(
+                self.batch,
+                model=runtime.deployment.model,
+                deadline=deadline,
+                traceparent=self._traceparent(),
+            )
             self._log.debug("dispatched to replica %d", replica.index)
             iterator = await stack.enter_async_context(replica.runner.execute(batch))
             first = await _first_chunk(iterator)
         except BaseException as exc:
             error = self._attempt_error(attempt, exc, deadline)
+            self._end_attempt_span(error or exc)
             if error is None:
                 await stack.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
@@ -296,7 +315,44 @@ class Execution:
         self._first = first
         self.deployment = runtime.name
         self._log.extra = {"request_id": self.request_id, "deployment": runtime.name}
-        self._cluster.metrics.of(runtime.name).ttft.observe(trio.current_time() - self._arrival)
+        self._first_at = trio.current_time()
+        self._cluster.metrics.of(runtime.name).ttft.observe(self._first_at - self._arrival)
+        if self._trace is not None:
+            self._trace.first_token(self._first_at)
+
+    async def _admit(self, runtime: DeploymentRuntime, deadline: float) -> Ticket:
+        if self._trace is None:
+            return await runtime.admission.admit(
+                self.batch, deadline=deadline, on_phase=self._set_phase
+            )
+        span = self._trace.child("atomr.admission", {"atomr.deployment": runtime.name})
+        try:
+            ticket = await runtime.admission.admit(
+                self.batch, deadline=deadline, on_phase=self._set_phase
+            )
+        except BaseException as exc:
+            self._trace.t.end_span(span, exc)
+            raise
+        self._trace.t.end_span(span, None)
+        return ticket
+
+    def _traceparent(self) -> str | None:
+        """What the runner sends upstream: the attempt span, else the caller's context."""
+        if self._attempt_span is not None and self._trace is not None:
+            return self._trace.t.traceparent_of(self._attempt_span)
+        return self.batch.traceparent
+
+    def _end_attempt_span(self, error: BaseException | None) -> None:
+        span, self._attempt_span = self._attempt_span, None
+        if span is not None and self._trace is not None:
+            self._trace.t.end_span(span, error)
+
+    def _end_trace(self, error: BaseException | None) -> None:
+        if self._trace is None:
+            return
+        self._end_attempt_span(error)
+        trace, self._trace = self._trace, None
+        trace.finish(error, deployment=self.deployment, usage=self.usage, now=trio.current_time())
 
     def _set_phase(self, phase: str) -> None:
         self._phase = phase
@@ -377,6 +433,8 @@ class Execution:
                 raise error from None
         if chunk.usage is not None:
             self.usage = chunk.usage
+        if self._trace is not None:
+            self._trace.chunk(chunk)
         return chunk
 
     def next_nowait(self) -> TokenChunk | None:
@@ -391,8 +449,11 @@ class Execution:
         if take is None:
             return None
         chunk: TokenChunk | None = take()
-        if chunk is not None and chunk.usage is not None:
-            self.usage = chunk.usage
+        if chunk is not None:
+            if chunk.usage is not None:
+                self.usage = chunk.usage
+            if self._trace is not None:
+                self._trace.chunk(chunk)
         return chunk
 
     def _stream_error(self, exc: BaseException) -> InferenceError | None:
@@ -442,8 +503,12 @@ class Execution:
         name = self.deployment or self._routed or "?"
         bound = cluster.metrics.of(name)
         if error is None:
+            now = trio.current_time()
             bound.ok.inc()
-            bound.latency.observe(trio.current_time() - self._arrival)
+            bound.latency.observe(now - self._arrival)
+            produced = self.usage.output_tokens if self.usage is not None else 0
+            if produced > 1:
+                bound.tpot.observe((now - self._first_at) / (produced - 1))
         elif isinstance(error, InferenceError):
             cluster.metrics.requests.labels(name, "error", error.kind).inc()
             if self.deployment is not None:
@@ -457,6 +522,8 @@ class Execution:
             bound.tokens_out.inc(self.usage.output_tokens)
         if self.cost_usd:
             bound.cost.inc(self.cost_usd)
+        if self._trace is not None:
+            self._end_trace(error)
 
 
 def _on_leave(runtime: DeploymentRuntime, replica: ReplicaSlot, attempt: _Attempt) -> Any:
@@ -487,8 +554,11 @@ class Cluster:
         state: Any,
         clock: Callable[[], float],
         restart_policy: RestartPolicy,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config
+        #: OpenTelemetry tracing and GenAI metrics, or None (off: the default)
+        self.telemetry = telemetry
         self.metrics = ClusterMetrics()
         self.plugins = registry
         self.state = state
@@ -523,6 +593,15 @@ class Cluster:
     def runtime(self, name: str) -> DeploymentRuntime:
         """The live deployment (replicas, admission, budget) — for health and tests."""
         return self._deployments[name]
+
+    async def rotate_credentials(self, name: str | None = None) -> list[RotationResult]:
+        """Rebuild the runner sessions of deployment ``name`` (all when ``None``) so they
+        fetch their credentials again; in-flight requests finish on their old session.
+
+        Raises NotFoundError for an unknown ``name``; a failed rebuild is reported in
+        its :class:`RotationResult` and leaves the old session serving.
+        """
+        return await rotate_credentials(self._deployments, self._order, name)
 
     # -- requests ------------------------------------------------------------------
 
@@ -692,6 +771,7 @@ class Cluster:
             metrics=self.metrics,
             policy=self.restart_policy,
             clock=self._clock,
+            observer=None if self.telemetry is None else self.telemetry.observer(str(plugin.name)),
         )
         await self._nursery.start(runtime.run)
         old = self._deployments.get(deployment.name)
@@ -703,6 +783,7 @@ class Cluster:
             )
             return runtime.status()
         self._deployments[deployment.name] = runtime
+        self.metrics.describe(deployment.name, model=deployment.model, runtime=str(plugin.name))
         if deployment.name not in self._order:
             self._order.append(deployment.name)
         if old is not None:
@@ -755,20 +836,18 @@ class Cluster:
             )
             self.metrics.in_flight.labels(name).set(runtime.outstanding)
             self.metrics.queue_depth.labels(name).set(runtime.admission.capacity.queued)
-            retries = _engine_retries(runtime)
-            if retries is not None:
-                self.metrics.upstream_retries.labels(name).set(retries)
+            for runner, retries in _engine_retries(runtime):
+                self.metrics.count_retries(name, runner, retries)
 
 
-def _engine_retries(runtime: DeploymentRuntime) -> int | None:
-    """Retries made by the replicas' remote engines, or None for runners without one."""
+def _engine_retries(runtime: DeploymentRuntime) -> list[tuple[object, int]]:
+    """(runner, retries so far) of each replica whose runner has a remote engine."""
     counts = [
-        getattr(stats(), "retries", None)
+        (replica.runner, getattr(stats(), "retries", None))
         for replica in runtime.replicas
         if callable(stats := getattr(replica.runner, "statistics", None))
     ]
-    known = [c for c in counts if isinstance(c, int)]
-    return sum(known) if known else None
+    return [(runner, c) for runner, c in counts if isinstance(c, int)]
 
 
 def _limiter(state: Any, deployment: Deployment) -> Any:
@@ -822,6 +901,7 @@ async def open_cluster(
     load_entry_points: bool = True,
     clock: Callable[[], float] | None = None,
     restart_policy: RestartPolicy | None = None,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Cluster]:
     """Start every deployment of ``config`` under one nursery; stop them all on exit.
 
@@ -833,6 +913,9 @@ async def open_cluster(
             which).
         clock: time base of budget windows (default trio's clock; wall time with Redis).
         restart_policy: replica restart backoff and intensity (default 3 in 60 s).
+        telemetry: OpenTelemetry tracing and metrics to use (tests: in-memory exporters);
+            by default one is built from ``[telemetry]`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``
+            when either names an endpoint, and flushed on exit.
 
     Raises:
         RuntimeNotInstalledError / ConfigError before anything starts, naming every
@@ -847,21 +930,30 @@ async def open_cluster(
         # after the plugins: their model patterns steer runtime inference in a TOML file
         cfg = _coerce_config(config)
         _check_all(cfg, registry)
-        async with _open_state(cfg) as state, trio.open_nursery() as nursery:
-            cluster = Cluster(
-                cfg,
-                nursery=nursery,
-                registry=registry,
-                state=state,
-                clock=clock or _default_clock(cfg),
-                restart_policy=restart_policy or RestartPolicy(),
-            )
-            for index, deployment in enumerate(cfg.deployments):
-                await cluster.deploy(deployment, _path=f"deployment[{index}]")
-            try:
-                yield cluster
-            finally:
-                nursery.cancel_scope.cancel()
+        owned = telemetry is None
+        if owned:
+            telemetry = telemetry_from_config(cfg.telemetry)
+        try:
+            async with _open_state(cfg) as state, trio.open_nursery() as nursery:
+                cluster = Cluster(
+                    cfg,
+                    nursery=nursery,
+                    registry=registry,
+                    state=state,
+                    clock=clock or _default_clock(cfg),
+                    restart_policy=restart_policy or RestartPolicy(),
+                    telemetry=telemetry,
+                )
+                for index, deployment in enumerate(cfg.deployments):
+                    await cluster.deploy(deployment, _path=f"deployment[{index}]")
+                try:
+                    yield cluster
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            if owned and telemetry is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(telemetry.shutdown)
     finally:
         registry.close()
 

@@ -143,8 +143,11 @@ class DeploymentRuntime:
         metrics: ClusterMetrics,
         policy: RestartPolicy,
         clock: Callable[[], float],
+        observer: Any = None,
     ) -> None:
         self.deployment = deployment
+        #: the remote engines' AttemptObserver (tracing), or None
+        self.observer = observer
         self.name = deployment.name
         self.plugin = plugin
         self.runtime_config = runtime_config
@@ -283,6 +286,8 @@ class DeploymentRuntime:
 
     def _build_replicas(self) -> None:
         services = {"limiter": self.limiter, "breaker": self.breaker, "metrics": self.metrics}
+        if self.observer is not None:
+            services["observer"] = self.observer
         for index in range(self.deployment.replicas):
             context = RunnerContext(
                 replica_index=index, state=self.state_backend, services=services

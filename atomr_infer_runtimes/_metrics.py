@@ -1,16 +1,24 @@
-"""Prometheus metrics of one cluster, in a registry of its own (two clusters never mix)."""
+"""Prometheus metrics of one cluster, in a registry of its own (two clusters never mix).
+
+Counters are exposed with ``_total`` and without the ``_created`` series (one per
+labelled child, and noise to every dashboard); the registry also carries the process
+metrics (CPU, memory, file descriptors) of the gateway's process.
+"""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.metrics_core import Metric
 
 __all__ = ["BREAKER_STATE_VALUES", "ClusterMetrics", "DeploymentMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 
 #: gauge values of ``atomr_breaker_state``
 BREAKER_STATE_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
@@ -19,10 +27,12 @@ BREAKER_STATE_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 class DeploymentMetrics:
     """One deployment's metric children, bound once (``labels()`` is costly per call)."""
 
-    def __init__(self, m: ClusterMetrics, name: str) -> None:
+    def __init__(self, m: ClusterMetrics, name: str, model: str) -> None:
+        self.model = model
         self.ok = m.requests.labels(name, "ok", "")
         self.ttft = m.ttft.labels(name)
         self.latency = m.latency.labels(name)
+        self.tpot = m.tpot.labels(name, model)
         self.tokens_in = m.tokens_in.labels(name)
         self.tokens_out = m.tokens_out.labels(name)
         self.cost = m.cost.labels(name)
@@ -62,6 +72,14 @@ class ClusterMetrics:
             "From arrival to the last chunk.",
             ["deployment"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "atomr_time_per_output_token_seconds",
+            "Per streamed request: (last chunk - first chunk) / (output tokens - 1); "
+            "model is the deployment's configured model.",
+            ["deployment", "model"],
+            buckets=_TPOT_BUCKETS,
             registry=r,
         )
         self.tokens_in = Counter(
@@ -120,11 +138,16 @@ class ClusterMetrics:
             ["deployment", "window"],
             registry=r,
         )
-        self.upstream_retries = Gauge(
+        self.upstream_retries = Counter(
             "atomr_upstream_retries",
-            "Retries the remote engine made, summed over the deployment's replicas "
-            "since the deployment started.",
+            "Retries the remote engines of the deployment's replicas made.",
             ["deployment"],
+            registry=r,
+        )
+        self.info = Gauge(
+            "atomr_deployment_info",
+            "1 per deployment, labelled with its model and runtime (join on deployment).",
+            ["deployment", "model", "runtime"],
             registry=r,
         )
         self.deployment_up = Gauge(
@@ -133,15 +156,42 @@ class ClusterMetrics:
             ["deployment"],
             registry=r,
         )
+        ProcessCollector(registry=r)
+        self._exposed = _WithoutCreated(r)
         self._refreshers: list[Callable[[], None]] = []
         self._bound: dict[str, DeploymentMetrics] = {}
+        self._models: dict[str, str] = {}
+        #: the engine retry count last seen, per runner (a replaced runner starts at 0)
+        self._retries_seen: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
 
     def of(self, deployment: str) -> DeploymentMetrics:
         """The bound children of ``deployment`` (created on first use)."""
         bound = self._bound.get(deployment)
         if bound is None:
-            bound = self._bound[deployment] = DeploymentMetrics(self, deployment)
+            model = self._models.get(deployment, "")
+            bound = self._bound[deployment] = DeploymentMetrics(self, deployment, model)
         return bound
+
+    def describe(self, deployment: str, *, model: str, runtime: str) -> None:
+        """Record ``deployment``'s model and runtime (the bounded ``model`` label)."""
+        bound = self._bound.get(deployment)
+        if bound is not None and bound.model != model:
+            # rebound with the new model label on next use; the old series goes
+            del self._bound[deployment]
+            _remove(self.tpot, (deployment, bound.model))
+        self._models[deployment] = model
+        for labels in list(self.info._metrics):  # a redeploy may change model or runtime
+            if labels[0] == deployment:
+                self.info.remove(*labels)
+        self.info.labels(deployment, model, runtime).set(1)
+
+    def count_retries(self, deployment: str, runner: object, retries: int) -> None:
+        """Add what ``runner``'s engine retried since the last look to the counter."""
+        seen = self._retries_seen.get(runner, 0)
+        delta = retries - seen if retries >= seen else retries
+        self._retries_seen[runner] = retries
+        if delta:
+            self.upstream_retries.labels(deployment).inc(delta)
 
     def on_render(self, refresh: Callable[[], None]) -> None:
         """Run ``refresh`` before every :meth:`render` (mirror live state into gauges)."""
@@ -151,7 +201,7 @@ class ClusterMetrics:
         """The Prometheus text exposition of this cluster's registry."""
         for refresh in self._refreshers:
             refresh()
-        return prometheus_client.generate_latest(self.registry)
+        return prometheus_client.generate_latest(self._exposed)  # type: ignore[arg-type]
 
     content_type = prometheus_client.CONTENT_TYPE_LATEST
 
@@ -163,16 +213,32 @@ class ClusterMetrics:
             self.in_flight,
             self.breaker_state,
             self.deployment_up,
-            self.upstream_retries,
         )
         for gauge in gauges:
             _remove(gauge, (deployment,))
         for window in ("hour", "day"):
             _remove(self.spend, (deployment, window))
+        for labels in list(self.info._metrics):
+            if labels[0] == deployment:
+                self.info.remove(*labels)
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         """One sample's value (tests and ``status``)."""
         return self.registry.get_sample_value(name, labels or {})
+
+
+class _WithoutCreated:
+    """A registry view whose counters and histograms have no ``_created`` samples."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._registry.collect():
+            kept = [s for s in metric.samples if not s.name.endswith("_created")]
+            if len(kept) != len(metric.samples):
+                metric.samples = kept
+            yield metric
 
 
 def _remove(metric: Gauge, labels: Iterable[str]) -> None:

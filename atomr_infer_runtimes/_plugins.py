@@ -4,7 +4,9 @@ Entry points of the group ``atomr_infer`` load one by one: a plugin whose import
 raises is recorded with its error and skipped, and the others still load. The
 environment variable ``ATOMR_INFER_LOAD_PLUGINS`` limits which entry points load:
 unset loads all, ``"a,b"`` loads those names (entry-point or distribution names), empty
-loads none (the core test suite runs that way and passes plugins explicitly).
+loads none (the core test suite runs that way and passes plugins explicitly). A name that
+matches no installed plugin is reported like a broken plugin (``plugins`` lists it, the
+log warns), so a typo does not go unnoticed.
 """
 
 from __future__ import annotations
@@ -102,10 +104,14 @@ class PluginRegistry:
         allowed = _allowed_names()
         if entry_points is None:
             entry_points = importlib.metadata.entry_points(group=hookspecs.PROJECT_NAME)
+        installed: list[str] = []
+        matched: set[str] = set()
         for ep in entry_points:
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else None
             version = dist.version if dist is not None else None
+            installed.append(ep.name)
+            matched.update(n for n in (ep.name, dist_name) if n is not None)
             if allowed is not None and ep.name not in allowed and dist_name not in allowed:
                 continue
             if any(info.name == ep.name for info in self._infos):
@@ -116,6 +122,8 @@ class PluginRegistry:
                 self._broken(ep.name, version, dist_name, exc)
                 continue
             self.register_module(module, name=ep.name, version=version, distribution=dist_name)
+        for name in sorted((allowed or frozenset()) - matched):
+            self._not_installed(name, installed)
 
     def register_module(
         self,
@@ -196,6 +204,15 @@ class PluginRegistry:
         log.warning("plugin %s failed to load and is skipped: %s", name, info.error)
         self._infos.append(info)
         return info
+
+    def _not_installed(self, name: str, installed: Iterable[str]) -> None:
+        known = ", ".join(sorted(set(installed))) or "none"
+        error = (
+            f"not installed ({LOAD_PLUGINS_ENV} names it, but no installed plugin has that "
+            f"entry-point or distribution name; installed: {known})"
+        )
+        log.warning("plugin %s is %s", name, error)
+        self._infos.append(PluginInfo(name=name, error=error))
 
     def close(self) -> None:
         """Unregister the model-name patterns this registry claimed."""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the project, every plugin in plugins/, and the apt packages the
-# tests and benchmarks use. Idempotent; `make` reruns it when a pyproject changes.
+# tests and benchmarks use, at the versions in constraints.txt (the lock of tested versions;
+# `make upgrade` refreshes it). Idempotent; `make` reruns it when a pyproject or the lock changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,12 +18,22 @@ if ((${#need_apt[@]})); then
   fi
 fi
 
+VENV=${VENV:-.venv}
+LOCK=${LOCK-constraints.txt}   # LOCK= (empty): resolve the newest versions the ranges allow
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q -U pip
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pin=()
+[ -n "$LOCK" ] && pin=(-c "$LOCK")
+"$VENV/bin/python" -m pip install -q -U "${pin[@]}" pip
 # torch only ever as this exact pin: any other spec pulls a multi-GB CUDA build.
 if [ -d plugins/atomr-infer-torch ]; then
-  .venv/bin/python -m pip install -q torch==2.13.0
+  "$VENV/bin/python" -m pip install -q torch==2.13.0
+fi
+
+# the core distribution was called atomr-infer before 0.2 (a name that belongs to the Rust
+# original's bindings on PyPI): an old editable install would shadow the renamed one
+if "$VENV/bin/python" -m pip show -q atomr-infer >/dev/null 2>&1; then
+  "$VENV/bin/python" -m pip uninstall -q -y atomr-infer
 fi
 
 args=(-e ".[redis,test]")
@@ -32,4 +43,4 @@ for dir in plugins/*/; do
   [ -f "$dir/.install-extras" ] && extra="[$(cat "$dir/.install-extras")]"
   args+=(-e "${dir%/}${extra}")
 done
-.venv/bin/python -m pip install -q "${args[@]}"
+"$VENV/bin/python" -m pip install -q "${pin[@]}" "${args[@]}"

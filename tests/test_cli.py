@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,16 @@ def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_version_lists_the_core_and_installed_plugins_without_importing_them() -> None:
+    from atomr_infer_core import __version__
+
+    result = _run("--version", ATOMR_INFER_LOAD_PLUGINS="")
+    assert result.returncode == 0, result.stderr
+    first, *rest = result.stdout.splitlines()
+    assert first.startswith(f"atomr-infer-trio {__version__} (Python 3.")
+    assert f"  atomr-infer-testkit {__version__} (plugin: testkit)" in rest
+
+
 def test_plugins_lists_the_testkit_runtime() -> None:
     result = _run("plugins", ATOMR_INFER_LOAD_PLUGINS="testkit")
     assert result.returncode == 0
@@ -58,8 +69,9 @@ def test_check_prints_resolved_deployments(tmp_path: Path) -> None:
     path.write_text(GOOD)
     result = _run("check", "--config", str(path), ATOMR_INFER_LOAD_PLUGINS="testkit")
     assert result.returncode == 0, result.stderr
-    assert "echo" in result.stdout
-    assert "runtime=mock" in result.stdout
+    header, row = result.stdout.splitlines()[1:3]
+    assert header.split() == ["deployment", "model", "runtime", "replicas", "fallbacks", "package"]
+    assert row.split() == ["echo", "mock", "mock", "1", "-", "atomr-infer-testkit"]
 
 
 def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
@@ -114,19 +126,10 @@ chunk_delay = "100ms"
 """
 
 
-async def _read_banner(proc: trio.Process) -> str:
-    assert proc.stdout is not None
-    buffer = b""
-    while b"atomr-infer gateway on " not in buffer or not buffer.endswith(b"\n"):
-        data = await proc.stdout.receive_some(4096)
-        assert data, "serve exited before printing its banner"
-        buffer += data
-    line = next(ln for ln in buffer.decode().splitlines() if "atomr-infer gateway on " in ln)
-    return line.split(" on ", 1)[1].split()[0]
-
-
 @pytest.mark.slow
-async def test_sigterm_drains_ten_in_flight_streams_and_exits_0(tmp_path: Path) -> None:
+async def test_sigterm_drains_ten_in_flight_streams_and_exits_0(
+    tmp_path: Path, read_banner: Callable[[trio.Process], Awaitable[str]]
+) -> None:
     import signal
 
     import httpx
@@ -150,7 +153,7 @@ async def test_sigterm_drains_ten_in_flight_streams_and_exits_0(tmp_path: Path) 
     )
     try:
         with trio.fail_after(60):
-            url = await _read_banner(proc)
+            url = await read_banner(proc)
             results: list[list[str]] = []
             first_chunks = trio.Semaphore(0)
             body = {
@@ -329,11 +332,14 @@ def test_check_honours_plugin_model_patterns(tmp_path: Path) -> None:
     path.write_text(GOOD.replace('model = "mock"\nruntime = "mock"', 'model = "mock-tiny"'))
     result = _run("check", "--config", str(path), ATOMR_INFER_LOAD_PLUGINS="testkit")
     assert result.returncode == 0, result.stderr
-    assert "runtime=mock" in result.stdout
+    row = result.stdout.splitlines()[2]
+    assert row.split()[:3] == ["echo", "mock-tiny", "mock"]
 
 
 @pytest.mark.slow
-async def test_sigterm_does_not_wait_for_an_idle_keep_alive_connection(tmp_path: Path) -> None:
+async def test_sigterm_does_not_wait_for_an_idle_keep_alive_connection(
+    tmp_path: Path, read_banner: Callable[[trio.Process], Awaitable[str]]
+) -> None:
     import signal
 
     path = tmp_path / "atomr.toml"
@@ -357,7 +363,7 @@ async def test_sigterm_does_not_wait_for_an_idle_keep_alive_connection(tmp_path:
     )
     try:
         with trio.fail_after(60):
-            url = await _read_banner(proc)
+            url = await read_banner(proc)
             port = int(url.rsplit(":", 1)[1])
             probe = await trio.open_tcp_stream("127.0.0.1", port)  # a scraper's keep-alive
             await probe.send_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")

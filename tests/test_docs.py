@@ -6,7 +6,7 @@ from pathlib import Path
 
 import attrs
 
-from atomr_infer_core import ClusterConfig, Config, Deployment, StateConfig
+from atomr_infer_core import ClusterConfig, Config, Deployment, StateConfig, TelemetryConfig
 
 DOC = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
 
@@ -22,6 +22,6 @@ def _keys(cls: type) -> set[str]:
 
 
 def test_every_config_key_is_documented() -> None:
-    keys = _keys(ClusterConfig) | _keys(StateConfig) | _keys(Deployment)
+    keys = _keys(ClusterConfig) | _keys(StateConfig) | _keys(TelemetryConfig) | _keys(Deployment)
     missing = sorted(k for k in keys if f"`{k}`" not in DOC and f".{k}]" not in DOC)
     assert missing == []

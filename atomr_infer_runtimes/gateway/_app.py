@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,8 +27,9 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from atomr_infer_core import RequestKind, TokensBuilder
+from atomr_infer_core import RequestKind, TokenChunk, Tokens, TokensBuilder, TokenUsage
 from atomr_infer_core.errors import (
+    BadRequestError,
     InferenceError,
     InternalError,
     NotFoundError,
@@ -35,8 +37,10 @@ from atomr_infer_core.errors import (
 )
 
 from ._auth import KeyChecker
+from ._cors import CORSMiddleware
 from ._disconnect import ClientDisconnected, ResponseState, cancel_on_disconnect, read_body
 from ._errors import error_body, error_headers, error_response, error_sse_event
+from ._headers import deployment_headers, processing_ms_header
 from ._openai import (
     ChatStreamEncoder,
     CompletionStreamEncoder,
@@ -49,6 +53,7 @@ from ._openai import (
     render_completion,
     render_embeddings,
 )
+from ._prompts import complete_prompts, shift_chunk
 
 __all__ = ["create_app", "to_plain"]
 
@@ -64,6 +69,8 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+#: W3C trace context, version 00 (other versions: ignored, a new trace starts)
+_TRACEPARENT = re.compile(rb"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 _PARSERS = {
     "/v1/chat/completions": parse_chat,
     "/v1/completions": parse_completion,
@@ -101,6 +108,18 @@ def to_plain(value: Any) -> Any:
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
+
+
+class _Served:
+    """What the access log and the headers learn while a request is served."""
+
+    __slots__ = ("deployment", "started", "tenant", "usage")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.deployment: str | None = None
+        self.tenant: str | None = None
+        self.usage: Any = None
 
 
 class _Gateway:
@@ -157,6 +176,7 @@ class _Gateway:
         extra = [(b"x-request-id", request_id.encode())]
         status = 200
         state = ResponseState()
+        served = _Served(started)
         reached_cluster = False
 
         async def tracked_send(message: dict[str, Any]) -> None:
@@ -176,9 +196,14 @@ class _Gateway:
             )
             parsed: ParsedRequest = parser(parse_json_body(body), request_id)
             reached_cluster = True  # from here on the cluster counts the request
+            served.tenant = parsed.batch.tenant
+            traceparent = headers.get(b"traceparent")
+            if traceparent is not None and _TRACEPARENT.match(traceparent):
+                # continue the caller's trace (and pass it upstream even with tracing off)
+                parsed.batch = attrs.evolve(parsed.batch, traceparent=traceparent.decode())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, state)
-                status = await self._dispatch(parsed, tracked_send, extra, state)
+                status = await self._dispatch(parsed, tracked_send, extra, state, served)
                 nursery.cancel_scope.cancel()
         except InferenceError as exc:
             status = exc.http_status
@@ -191,14 +216,7 @@ class _Gateway:
         finally:
             if state.gone:
                 status = 499
-            logger.info(
-                "%s %s %d request_id=%s %.1fms",
-                scope["method"],
-                scope["path"],
-                status,
-                request_id,
-                (time.perf_counter() - started) * 1000,
-            )
+            self._log_access(scope, status, request_id, started, served)
 
     def _count_rejected(self, kind: str | None) -> None:
         """Count a request the front door ended (bad body, bad key, client gone while
@@ -213,12 +231,13 @@ class _Gateway:
         send: Send,
         extra: list[tuple[bytes, bytes]],
         state: ResponseState,
+        served: _Served,
     ) -> int:
         batch = parsed.batch
         try:
             if batch.stream and batch.kind is not RequestKind.EMBEDDING:
-                return await self._stream(parsed, send, extra)
-            return await self._unary(parsed, send, extra)
+                return await self._stream(parsed, send, extra, served)
+            return await self._unary(parsed, send, extra, served)
         except Exception as exc:
             # a bug below us: answer 500 (or end the stream) and log the traceback
             if isinstance(exc, InferenceError):
@@ -241,26 +260,61 @@ class _Gateway:
             await _send_error(send, error, extra)
             return 500
 
+    def _answer_headers(
+        self, deployment: str | None, served: _Served, extra: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        """``extra`` plus who answered, its rate-limit state and the processing time."""
+        served.deployment = deployment
+        return [
+            *extra,
+            *deployment_headers(self.cluster, deployment),
+            processing_ms_header(served.started, time.perf_counter()),
+        ]
+
+    def _log_access(
+        self, scope: Scope, status: int, request_id: str, started: float, served: _Served
+    ) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        usage = served.usage
+        fields = {
+            "request_id": request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "latency_ms": latency_ms,
+            "deployment": served.deployment,
+            "tenant": served.tenant,
+            "tokens_in": usage.input_tokens if usage is not None else None,
+            "tokens_out": usage.output_tokens if usage is not None else None,
+        }
+        logger.info(
+            "%s %s %d request_id=%s %.1fms",
+            scope["method"],
+            scope["path"],
+            status,
+            request_id,
+            latency_ms,
+            extra=fields,
+        )
+
     async def _unary(
-        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]]
+        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]], served: _Served
     ) -> int:
         batch = parsed.batch
-        builder = TokensBuilder(request_id=batch.request_id)
-        deployment = None
         with self._cut_scope() as cut:
             try:
-                async with self.cluster.execute(batch) as chunks:
-                    async for chunk in chunks:
-                        builder.add(chunk)
-                    deployment = getattr(chunks, "deployment", None)
+                tokens = await self._tokens(parsed)
             except InferenceError as exc:
-                await _send_error(send, exc, extra)
+                await _send_error(send, exc, self._answer_headers(exc.deployment, served, extra))
                 return exc.http_status
         if cut.cancelled_caught:
             error = _shutting_down()
             await _send_error(send, error, extra)
             return error.http_status
-        tokens = builder.build(deployment=deployment)
+        served.usage = tokens.usage
+        deployment = tokens.deployment
         created = int(time.time())
         if batch.kind is RequestKind.CHAT:
             body = render_chat(
@@ -276,7 +330,7 @@ class _Gateway:
                 response_id=f"cmpl-{batch.request_id}",
                 created=created,
                 model=parsed.model,
-                n=batch.sampling.n,
+                n=batch.sampling.n * max(1, len(parsed.prompts)),
             )
         else:
             body = render_embeddings(
@@ -285,11 +339,21 @@ class _Gateway:
                 inputs=batch.inputs or (),
                 encoding_format=parsed.encoding_format,
             )
-        await _send_full(send, 200, [_JSON, *extra], body)
+        await _send_full(send, 200, [_JSON, *self._answer_headers(deployment, served, extra)], body)
         return 200
 
+    async def _tokens(self, parsed: ParsedRequest) -> Tokens:
+        if parsed.prompts:
+            return await complete_prompts(self.cluster, parsed.prompts)
+        builder = TokensBuilder(request_id=parsed.batch.request_id)
+        async with self.cluster.execute(parsed.batch) as chunks:
+            async for chunk in chunks:
+                builder.add(chunk)
+            deployment = getattr(chunks, "deployment", None)
+        return builder.build(deployment=deployment)
+
     async def _stream(
-        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]]
+        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]], served: _Served
     ) -> int:
         batch = parsed.batch
         chat = batch.kind is RequestKind.CHAT
@@ -300,38 +364,49 @@ class _Gateway:
             model=parsed.model,
             include_usage=parsed.include_usage,
         )
-        started = False
+        began = False
+        deployment: str | None = None
+        total = TokenUsage()
         error: InferenceError | None = None
         with self._cut_scope() as cut:
             try:
-                async with self.cluster.execute(batch) as chunks:
-                    # chunks that arrived together go out in one write; nothing waits for more
-                    take = getattr(chunks, "next_nowait", None)
-                    async for chunk in chunks:
-                        data = encoder.encode(chunk)
-                        if take is not None:
-                            while (more := take()) is not None:
-                                data += encoder.encode(more)
-                        if not started:
-                            started = True
-                            await send(
-                                {
-                                    "type": "http.response.start",
-                                    "status": 200,
-                                    "headers": [*_SSE_HEADERS, *extra],
-                                }
-                            )
-                        if data:
-                            await send(
-                                {"type": "http.response.body", "body": data, "more_body": True}
-                            )
+                for prompt, one in enumerate(parsed.prompts or (batch,)):
+                    if parsed.prompts:
+                        encoder.usage = None  # this prompt's usage; summed into total below
+                    async with self.cluster.execute(one) as chunks:
+                        deployment = getattr(chunks, "deployment", None)
+                        # chunks that arrived together go out in one write; nothing waits for more
+                        take = getattr(chunks, "next_nowait", None)
+                        async for chunk in chunks:
+                            data = encoder.encode(self._shift(parsed, chunk, prompt))
+                            if take is not None:
+                                while (more := take()) is not None:
+                                    data += encoder.encode(self._shift(parsed, more, prompt))
+                            if not began:
+                                began = True
+                                headers = self._answer_headers(deployment, served, extra)
+                                await send(
+                                    {
+                                        "type": "http.response.start",
+                                        "status": 200,
+                                        "headers": [*_SSE_HEADERS, *headers],
+                                    }
+                                )
+                            if data:
+                                await send(
+                                    {"type": "http.response.body", "body": data, "more_body": True}
+                                )
+                    total = total + (encoder.usage or TokenUsage())
+                if parsed.prompts:
+                    encoder.usage = total
             except InferenceError as exc:
                 error = exc
         if cut.cancelled_caught:
             error = _shutting_down()
         if error is not None:
-            if not started:
-                await _send_error(send, error, extra)
+            if not began:
+                headers = self._answer_headers(error.deployment, served, extra)
+                await _send_error(send, error, headers)
                 return error.http_status
             logger.warning(
                 "request %s failed after streaming began: %s", batch.request_id, error.message
@@ -340,12 +415,22 @@ class _Gateway:
                 {"type": "http.response.body", "body": error_sse_event(error), "more_body": False}
             )
             return 200
-        if not started:
+        if not began:
+            headers = self._answer_headers(deployment, served, extra)
             await send(
-                {"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *extra]}
+                {"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *headers]}
             )
+        served.usage = encoder.usage
         await send({"type": "http.response.body", "body": encoder.finish(), "more_body": False})
         return 200
+
+    @staticmethod
+    def _shift(parsed: ParsedRequest, chunk: TokenChunk, prompt: int) -> TokenChunk:
+        if not parsed.prompts:
+            return chunk
+        shifted = shift_chunk(chunk, prompt, parsed.batch.sampling.n)
+        # the encoder keeps the last usage it saw: hand it this prompt's, summed after
+        return attrs.evolve(shifted, usage=chunk.usage)
 
 
 def _shutting_down() -> ShuttingDownError:
@@ -408,7 +493,7 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
 
     @app.before_request
     async def _auth() -> Response | None:
-        if request.path.startswith("/v1/"):
+        if request.path.startswith(("/v1/", "/admin/")):
             try:
                 raw = request.headers.get("authorization")
                 keys.check(raw.encode("latin1") if raw else None)
@@ -450,6 +535,36 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
                 "deployments": [to_plain(d) for d in deployments],
             }
         )
+
+    @app.post("/admin/rotate-credentials")
+    async def rotate() -> Response:
+        name = request.args.get("deployment")
+        if name is None and await request.get_data():
+            try:
+                body = parse_json_body(await request.get_data())
+            except InferenceError as exc:
+                return _error_json(exc)
+            name = body.get("deployment")
+            if name is not None and not isinstance(name, str):
+                return _error_json(
+                    BadRequestError("'deployment' must be a string", param="deployment")
+                )
+        try:
+            results = await cluster.rotate_credentials(name)
+        except InferenceError as exc:
+            return _error_json(exc)
+        payload: dict[str, Any] = {"deployments": [to_plain(r) for r in results]}
+        failed = [r for r in results if not r.ok]
+        if not failed:
+            return _json_response(payload)
+        summary = "; ".join(f"{r.deployment}: {r.error}" for r in failed)
+        payload["error"] = {
+            "message": f"credential rotation failed ({summary}); the old sessions keep serving",
+            "type": "upstream_error",
+            "param": None,
+            "code": "rotation_failed",
+        }
+        return _json_response(payload, 502)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -502,5 +617,8 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
 
 def create_app(cluster: Any) -> Any:
     """The gateway's ASGI app for ``cluster`` (see the module docstring)."""
-    keys = KeyChecker(cluster.config.cluster.api_keys)
-    return _Gateway(cluster, _build_quart(cluster, keys))
+    settings = cluster.config.cluster
+    keys = KeyChecker(settings.api_keys)
+    app: Any = _Gateway(cluster, _build_quart(cluster, keys))
+    origins = getattr(settings, "cors_origins", ())
+    return CORSMiddleware(app, origins) if origins else app

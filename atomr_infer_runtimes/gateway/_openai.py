@@ -13,6 +13,8 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from atomr_infer_core import (
     ContentPart,
     ExecuteBatch,
@@ -83,7 +85,7 @@ _EMBEDDING_KEYS = frozenset({"model", "input", "encoding_format", "dimensions", 
 class ParsedRequest:
     """A parsed body: the batch plus what only the gateway needs (stream options)."""
 
-    __slots__ = ("batch", "encoding_format", "include_usage", "model")
+    __slots__ = ("batch", "encoding_format", "include_usage", "model", "prompts")
 
     def __init__(
         self,
@@ -91,11 +93,14 @@ class ParsedRequest:
         *,
         include_usage: bool = False,
         encoding_format: str = "float",
+        prompts: tuple[ExecuteBatch, ...] = (),
     ) -> None:
         self.batch = batch
         self.model = batch.model
         self.include_usage = include_usage
         self.encoding_format = encoding_format
+        #: a completion's prompts when it sent more than one (each its own batch), else ()
+        self.prompts = prompts
 
 
 # ---------------------------------------------------------------- type checks
@@ -347,30 +352,51 @@ def parse_chat(body: Mapping[str, Any], request_id: str) -> ParsedRequest:
 def parse_completion(body: Mapping[str, Any], request_id: str) -> ParsedRequest:
     """A ``/v1/completions`` body → :class:`ParsedRequest` (kind completion)."""
     model = _str(body, "model", required=True)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if prompt is None:
-        raise _bad("prompt", "'prompt' is required (a string)")
-    if not isinstance(prompt, str):
-        raise _bad(
-            "prompt",
-            "'prompt' must be a string (or an array holding one string); token arrays are not supported",
-        )
+    prompts = _prompts(body.get("prompt"))
     if body.get("echo"):
         raise _bad("echo", "'echo' is not supported by this gateway")
     stream = bool(_bool(body, "stream"))
-    batch = ExecuteBatch(
-        request_id=request_id,
-        model=model or "",
-        kind=RequestKind.COMPLETION,
-        prompt=prompt,
-        sampling=_sampling(body),
-        stream=stream,
-        user=_str(body, "user"),
-        extra=_extra(body, _COMPLETION_KEYS),
+    batches = tuple(
+        ExecuteBatch(
+            request_id=request_id if len(prompts) == 1 else f"{request_id}-{i}",
+            model=model or "",
+            kind=RequestKind.COMPLETION,
+            prompt=prompt,
+            sampling=_sampling(body),
+            stream=stream,
+            user=_str(body, "user"),
+            extra=_extra(body, _COMPLETION_KEYS),
+        )
+        for i, prompt in enumerate(prompts)
     )
-    return ParsedRequest(batch, include_usage=_stream_options(body, stream))
+    batch = batches[0] if len(batches) == 1 else attrs.evolve(batches[0], request_id=request_id)
+    return ParsedRequest(
+        batch,
+        include_usage=_stream_options(body, stream),
+        prompts=batches if len(batches) > 1 else (),
+    )
+
+
+#: the most prompts one /v1/completions request may carry (OpenAI's limit is 2048 too)
+MAX_PROMPTS = 2048
+
+
+def _prompts(prompt: Any) -> tuple[str, ...]:
+    """``prompt``: a string or an array of strings, as OpenAI accepts it."""
+    if prompt is None:
+        raise _bad("prompt", "'prompt' is required (a string or an array of strings)")
+    if isinstance(prompt, str):
+        return (prompt,)
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        if len(prompt) > MAX_PROMPTS:
+            raise _bad("prompt", f"'prompt' holds {len(prompt)} prompts; at most {MAX_PROMPTS}")
+        return tuple(prompt)
+    if isinstance(prompt, list) and not prompt:
+        raise _bad("prompt", "'prompt' must not be empty")
+    raise _bad(
+        "prompt",
+        "'prompt' must be a string or an array of strings; token arrays are not supported",
+    )
 
 
 def parse_embedding(body: Mapping[str, Any], request_id: str) -> ParsedRequest:

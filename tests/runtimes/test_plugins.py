@@ -181,3 +181,30 @@ def test_mock_runtime_missing_points_at_the_testkit() -> None:
     with pytest.raises(RuntimeNotInstalledError) as caught:
         registry.runtime_for(Deployment(name="m", model="x", runtime="mock"), path="deployment[3]")
     assert "pip install atomr-infer-testkit" in str(caught.value)
+
+
+def test_unknown_name_in_the_env_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "testkit,nosuch")
+    registry = PluginRegistry()
+    registry.load_entry_points()
+    try:
+        by_name = {info.name: info for info in registry}
+        assert set(by_name) == {"testkit", "nosuch"}
+        assert by_name["testkit"].error is None
+        error = by_name["nosuch"].error
+        assert error is not None
+        assert error.startswith("not installed (ATOMR_INFER_LOAD_PLUGINS names it")
+        assert "testkit" in error.split("installed: ", 1)[1]
+        assert by_name["nosuch"].runtimes == ()
+    finally:
+        registry.close()
+
+
+def test_distribution_names_in_the_env_are_not_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "atomr-infer-testkit")
+    registry = PluginRegistry()
+    registry.load_entry_points()
+    try:
+        assert [(info.name, info.error) for info in registry] == [("testkit", None)]
+    finally:
+        registry.close()

@@ -195,7 +195,7 @@ async def test_engine_retries_reach_the_metrics(autojump_clock: trio.testing.Moc
         server.inject_5xx(2)
         tokens = await cluster.complete("chat", messages=HI)
         cluster.metrics.render()
-        retries = cluster.metrics.sample("atomr_upstream_retries", {"deployment": "chat"})
+        retries = cluster.metrics.sample("atomr_upstream_retries_total", {"deployment": "chat"})
     assert tokens.text == "Echo: hello world"
     assert retries == 2.0
 

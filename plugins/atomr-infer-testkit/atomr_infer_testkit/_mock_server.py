@@ -31,6 +31,20 @@ default) takes the next fault off the queue, in order; a request with no queued 
 served normally. The server records every request (method, path, headers, JSON body) and
 counts streams the client aborted (closed before the stream ended), so tests can prove
 that cancellation reached the wire: ``await server.wait_for_aborted_streams(1)``.
+
+Control routes
+--------------
+The same controls over HTTP, for a mock started from the shell
+(``python -m atomr_infer mock openai --port 9100``); they need no API key and never take
+a fault off the queue:
+
+- ``POST /_mock/faults`` with ``{"fault": "status", "status": 429, "retry_after": 2}``,
+  ``{"fault": "slow_first_byte", "seconds": 3}``, or ``{"fault": KIND, "chunks": N}`` for
+  ``stall_after``, ``drop_after``, ``malformed_after``, ``error_event_after``; ``"count": N``
+  queues the fault N times. Answers ``{"queued": <faults pending>}``; a bad fault gets 400.
+- ``GET /_mock/requests``: ``{"count": N, "requests": [{"method", "path", "json"}, ...]}``
+  (the last 50; headers are left out, they carry keys).
+- ``POST /_mock/reset``: forget queued faults and recorded requests.
 """
 
 from __future__ import annotations
@@ -57,6 +71,10 @@ __all__ = [
 ]
 
 S = TypeVar("S", bound="MockProviderServer")
+
+#: the control routes' path prefix (see "Control routes" above)
+CONTROL_PREFIX = "/_mock/"
+_CHUNK_FAULTS = ("stall_after", "drop_after", "malformed_after", "error_event_after")
 
 
 @attrs.frozen(kw_only=True)
@@ -153,10 +171,16 @@ class MockProviderServer:
         self.streams_started = 0
         self.streams_completed = 0
         self.aborted_streams = 0
+        #: requests being answered now, and the most there ever were at once
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.required_key: str | None = None
         self._routes: list[_Route] = []
         self._faults: collections.deque[Fault] = collections.deque()
         self._abort_waiters: list[tuple[int, trio.Event]] = []
+        self.add_route("POST", "/_mock/faults", self._control_faults, faulty=False)
+        self.add_route("GET", "/_mock/requests", self._control_requests, faulty=False)
+        self.add_route("POST", "/_mock/reset", self._control_reset, faulty=False)
 
     # -- routes -------------------------------------------------------------------------
     def add_route(self, method: str, path: str, handler: Handler, *, faulty: bool = True) -> None:
@@ -219,6 +243,54 @@ class MockProviderServer:
     @property
     def pending_faults(self) -> int:
         return len(self._faults)
+
+    # -- control routes -----------------------------------------------------------------
+    async def _control_faults(self, request: RecordedRequest) -> Reply:
+        try:
+            spec = request.json
+            if not isinstance(spec, dict):
+                raise ValueError("the body must be a JSON object")
+            count = _int(spec.get("count", 1), "count", minimum=1)
+            queue = self._fault_from_spec(spec)
+        except ValueError as exc:
+            body = self.error_body(400, str(exc), type="invalid_request_error", code=None)
+            return JSONReply(status=400, body=body)
+        for _ in range(count):
+            queue()
+        return JSONReply(body={"queued": self.pending_faults})
+
+    def _fault_from_spec(self, spec: Mapping[str, Any]) -> Callable[[], None]:
+        """A callable that queues the fault ``spec`` describes; ``ValueError`` when it is bad."""
+        kind = spec.get("fault")
+        if kind == "status":
+            status = _int(spec.get("status"), "status", minimum=100)
+            retry_after = spec.get("retry_after")
+            if retry_after is not None and not isinstance(retry_after, int | float):
+                raise ValueError("'retry_after' must be a number of seconds")
+            return lambda: self.inject_status(status, retry_after=retry_after)
+        if kind == "slow_first_byte":
+            seconds = spec.get("seconds")
+            if not isinstance(seconds, int | float) or seconds < 0:
+                raise ValueError("'seconds' must be a number >= 0")
+            return lambda: self.slow_first_byte(float(seconds))
+        if kind in _CHUNK_FAULTS:
+            chunks = _int(spec.get("chunks", 0), "chunks", minimum=0)
+            method = getattr(self, str(kind))
+            return lambda: method(chunks)
+        kinds = ", ".join(["status", "slow_first_byte", *_CHUNK_FAULTS])
+        raise ValueError(f"'fault' must be one of {kinds} (got {kind!r})")
+
+    async def _control_requests(self, request: RecordedRequest) -> Reply:
+        seen = [r for r in self.requests if not r.path.startswith(CONTROL_PREFIX)]
+        recent = [
+            {"method": r.method, "path": r.path, "json": _json_or_none(r)} for r in seen[-50:]
+        ]
+        return JSONReply(body={"count": len(seen), "requests": recent})
+
+    async def _control_reset(self, request: RecordedRequest) -> Reply:
+        self._faults.clear()
+        self.requests.clear()
+        return JSONReply(body={"queued": 0})
 
     # -- provider hooks -----------------------------------------------------------------
     def error_body(self, status: int, message: str, *, type: str, code: str | None) -> Any:
@@ -290,13 +362,18 @@ class MockProviderServer:
             body=body,
         )
         self.requests.append(request)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-            try:
-                await self._respond(request, send)
-            except _Drop:
-                pass
-            nursery.cancel_scope.cancel()
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+                try:
+                    await self._respond(request, send)
+                except _Drop:
+                    pass
+                nursery.cancel_scope.cancel()
+        finally:
+            self.in_flight -= 1
 
     async def _respond(self, request: RecordedRequest, send: Any) -> None:
         route = next((r for r in self._routes if r.matches(request.method, request.path)), None)
@@ -307,8 +384,11 @@ class MockProviderServer:
             await _send_json(send, JSONReply(status=404, body=body))
             return
         fault = self._faults.popleft() if route.faulty and self._faults else None
-        if self.required_key is not None and self.presented_key(request.headers) != (
-            self.required_key
+        control = route.path.startswith(CONTROL_PREFIX)
+        if (
+            not control
+            and self.required_key is not None
+            and self.presented_key(request.headers) != (self.required_key)
         ):
             body = self.error_body(
                 401,
@@ -403,7 +483,8 @@ async def _watch_disconnect(receive: Any, scope: trio.CancelScope) -> None:
 
 
 async def _send_json(send: Any, reply: JSONReply) -> None:
-    payload = json.dumps(reply.body).encode()
+    # a final newline, as the providers send, so that curl output ends its line
+    payload = json.dumps(reply.body).encode() + b"\n"
     headers = {"content-type": "application/json", **reply.headers}
     await send({"type": "http.response.start", "status": reply.status, "headers": _encode(headers)})
     await send({"type": "http.response.body", "body": payload, "more_body": False})
@@ -413,13 +494,28 @@ def _encode(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in headers.items()]
 
 
+def _int(value: Any, name: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name!r} must be an integer >= {minimum} (got {value!r})")
+    return value
+
+
+def _json_or_none(request: RecordedRequest) -> Any:
+    try:
+        return request.json
+    except ValueError:
+        return None
+
+
 def _format_seconds(value: float) -> str:
     return str(int(value)) if value == math.floor(value) else f"{value:g}"
 
 
 @asynccontextmanager
-async def open_mock_server(server: S) -> AsyncIterator[S]:
-    """Serve ``server`` on ``127.0.0.1`` (a free port) until the block exits.
+async def open_mock_server(
+    server: S, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[S]:
+    """Serve ``server`` on ``host:port`` (default: loopback, a free port) until the block exits.
 
     The server runs in a nursery owned by this context manager; leaving the block
     cancels it and closes every connection. ``server.url`` is set before the block runs.
@@ -428,7 +524,7 @@ async def open_mock_server(server: S) -> AsyncIterator[S]:
     from hypercorn.trio import serve
 
     config = Config()
-    config.bind = ["127.0.0.1:0"]
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = None
     # keep idle pooled connections open however far a MockClock jumps

