@@ -147,13 +147,18 @@ async def _leave(url: str, body: dict[str, Any], stream: bool) -> None:
     connection = await trio.open_tcp_stream("127.0.0.1", port)
     async with connection:
         await connection.send_all(head.encode() + raw)
-        if stream:
+        if stream:  # leave after the first event (or after an error answer's head)
             received = b""
-            while b"data: " not in received:
+            while b"data: " not in received and not _refused(received):
                 chunk = await connection.receive_some(65536)
                 if not chunk:
                     break
                 received += chunk
+
+
+def _refused(received: bytes) -> bool:
+    """The answer's head arrived and it is not a 200: no event will follow."""
+    return b"\r\n\r\n" in received and not received.startswith(b"HTTP/1.1 200")
 
 
 async def _run(
