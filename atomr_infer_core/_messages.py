@@ -16,6 +16,7 @@ __all__ = [
     "ImageBase64Part",
     "ImageUrlPart",
     "Message",
+    "Passthrough",
     "Priority",
     "RequestKind",
     "Role",
@@ -143,6 +144,22 @@ class SamplingParams:
     top_logprobs: int | None = attrs.field(default=None, validator=_opt_range(0, 20))
 
 
+@attrs.frozen(kw_only=True)
+class Passthrough:
+    """A client's own request body, for a runner that speaks the client's dialect.
+
+    A front door attaches it when the target deployment's runtime speaks the dialect the
+    client spoke (``dialect``, e.g. ``"anthropic.messages"``). Such a runner sends
+    ``body`` with only ``model`` rewritten, and puts the upstream's own bytes in
+    ``TokenChunk.raw``; any other runner ignores it and serves the translated batch.
+    ``headers`` are the client's dialect headers worth forwarding (``anthropic-beta``).
+    """
+
+    dialect: str
+    body: Mapping[str, Any] = attrs.field(repr=False)
+    headers: Mapping[str, str] = attrs.Factory(dict)
+
+
 def estimate_tokens(text: str) -> int:
     """A cheap token estimate (about four characters a token), at least 1."""
     return max(1, (len(text) + 3) // 4)
@@ -189,6 +206,8 @@ class ExecuteBatch:
     #: W3C trace context (``traceparent``) of the span this request runs under; remote
     #: runtimes send it upstream so the provider's spans join the caller's trace
     traceparent: str | None = None
+    #: the client's own body, for a runner of the client's dialect (see Passthrough)
+    passthrough: Passthrough | None = None
 
     def __attrs_post_init__(self) -> None:
         present = {

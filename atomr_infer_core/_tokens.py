@@ -65,6 +65,12 @@ class TokenChunk:
     finish_reason: FinishReason | None = None
     embeddings: tuple[tuple[float, ...], ...] | None = None
     logprobs: Any = None
+    #: the model's reasoning text for this step, where the runtime reports it (Anthropic
+    #: thinking, ``reasoning_content`` of OpenAI-compatible servers); not part of the answer
+    reasoning_delta: str = ""
+    #: the upstream's own bytes for this step (an SSE event, or the whole JSON body),
+    #: when the runner served a ``Passthrough``: sent to the client as they are
+    raw: bytes | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -74,6 +80,8 @@ class Choice:
     finish_reason: FinishReason | None = None
     #: merged tool calls (OpenAI shape), when the model called tools
     tool_calls: tuple[Mapping[str, Any], ...] = ()
+    #: the reasoning text the runtime reported, if any
+    reasoning: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -108,6 +116,7 @@ class Tokens:
 @attrs.define
 class _ChoiceAcc:
     parts: list[str] = attrs.Factory(list)
+    reasoning: list[str] = attrs.Factory(list)
     finish_reason: FinishReason | None = None
     tool_calls: dict[int, dict[str, Any]] = attrs.Factory(dict)
 
@@ -142,6 +151,8 @@ class TokensBuilder:
         acc = self._choices.setdefault(chunk.index, _ChoiceAcc())
         if chunk.text_delta:
             acc.parts.append(chunk.text_delta)
+        if chunk.reasoning_delta:
+            acc.reasoning.append(chunk.reasoning_delta)
         for delta in chunk.tool_call_deltas or ():
             _merge_tool_delta(acc.tool_calls, delta)
         if chunk.finish_reason is not None:
@@ -162,6 +173,7 @@ class TokensBuilder:
                 text="".join(acc.parts),
                 finish_reason=acc.finish_reason,
                 tool_calls=tuple(acc.tool_calls[k] for k in sorted(acc.tool_calls)),
+                reasoning="".join(acc.reasoning),
             )
             for i, acc in sorted(self._choices.items())
         )

@@ -61,6 +61,7 @@ __all__ = [
     "SessionPoisonedError",
     "ShuttingDownError",
     "UnauthorizedError",
+    "UnsupportedParameterError",
     "error_from_json",
 ]
 
@@ -242,6 +243,17 @@ class BadRequestError(InferenceError):
     http_status = 400
     error_type = "invalid_request_error"
     _fields = ("param",)
+
+
+class UnsupportedParameterError(BadRequestError):
+    """The request asks for a feature the target cannot honour; ``param`` names it.
+
+    Raised instead of answering while silently ignoring the feature (a front door that
+    cannot translate ``response_format``, ``tools``, ``n``, a content type, …).
+    """
+
+    kind = "unsupported_parameter"
+    code = "unsupported_parameter"
 
 
 class PayloadTooLargeError(InferenceError):

@@ -676,6 +676,10 @@ class RemoteEngine:
             raise MalformedStreamError(
                 f"{self.provider.name}: the response body is not the JSON expected ({exc})"
             ) from exc
+        passes_through = getattr(self.provider, "passes_through", None)
+        if chunks and passes_through is not None and passes_through(request.batch):
+            # the client speaks the upstream's dialect: it gets the upstream's own bytes
+            chunks = [attrs.evolve(chunks[0], raw=body), *chunks[1:]]
         for chunk in chunks:
             await self._emit(request, chunk)
 

@@ -39,8 +39,11 @@ from atomr_infer_core.errors import (
 from ._auth import KeyChecker
 from ._cors import CORSMiddleware
 from ._disconnect import ClientDisconnected, ResponseState, cancel_on_disconnect, read_body
+from ._doors import Door, target_runtime
 from ._errors import error_body, error_headers, error_response, error_sse_event
+from ._features import check_features
 from ._headers import deployment_headers, processing_ms_header
+from ._messages import CountTokensDoor, MessagesDoor
 from ._openai import (
     ChatStreamEncoder,
     CompletionStreamEncoder,
@@ -54,6 +57,7 @@ from ._openai import (
     render_embeddings,
 )
 from ._prompts import complete_prompts, shift_chunk
+from ._responses import ResponsesDoor
 
 __all__ = ["create_app", "to_plain"]
 
@@ -134,6 +138,12 @@ class _Gateway:
         #: one cancel scope per running request; shutdown sets their deadline
         self._cuts: set[trio.CancelScope] = set()
         self._cut_at: float | None = None
+        #: the dialects beside Chat Completions (DESIGN.md "Front doors")
+        self.doors: dict[str, Door] = {
+            "/v1/messages": MessagesDoor(cluster),
+            "/v1/messages/count_tokens": CountTokensDoor(cluster),
+            "/v1/responses": ResponsesDoor(cluster),
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -143,6 +153,10 @@ class _Gateway:
                     await self._post(scope, receive, send, parser)
                 else:
                     await _method_not_allowed(scope, send)
+                return
+            door = self.doors.get(scope["path"])
+            if door is not None:
+                await self._post(scope, receive, send, None, door)
                 return
         await self.quart(scope, receive, send)
 
@@ -169,7 +183,9 @@ class _Gateway:
 
     # ------------------------------------------------------------ POST fast path
 
-    async def _post(self, scope: Scope, receive: Receive, send: Send, parser: Any) -> None:
+    async def _post(
+        self, scope: Scope, receive: Receive, send: Send, parser: Any, door: Door | None = None
+    ) -> None:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         request_id = _request_id(headers.get(b"x-request-id"))
@@ -187,14 +203,19 @@ class _Gateway:
             await send(message)
 
         try:
-            self.keys.check(headers.get(b"authorization"))
+            self.keys.check(door.authorization(headers) if door else headers.get(b"authorization"))
             length = headers.get(b"content-length")
             body = await read_body(
                 receive,
                 limit=self.max_body,
                 content_length=int(length) if length and length.isdigit() else None,
             )
-            parsed: ParsedRequest = parser(parse_json_body(body), request_id)
+            parsed: ParsedRequest
+            if door is not None:
+                parsed = door.parse(parse_json_body(body), request_id, headers)
+            else:
+                parsed = parser(parse_json_body(body), request_id)
+                check_features(parsed.batch, target_runtime(self.cluster, parsed.model))
             reached_cluster = True  # from here on the cluster counts the request
             served.tenant = parsed.batch.tenant
             traceparent = headers.get(b"traceparent")
@@ -203,13 +224,12 @@ class _Gateway:
                 parsed.batch = attrs.evolve(parsed.batch, traceparent=traceparent.decode())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope, state)
-                status = await self._dispatch(parsed, tracked_send, extra, state, served)
+                status = await self._dispatch(parsed, tracked_send, extra, state, served, door)
                 nursery.cancel_scope.cancel()
         except InferenceError as exc:
-            status = exc.http_status
             if not reached_cluster:
                 self._count_rejected(exc.kind)
-            await _send_error(send, exc, extra)
+            status = await _send_error(send, exc, extra, door)
         except ClientDisconnected:
             state.gone = True
             self._count_rejected(None)
@@ -232,12 +252,16 @@ class _Gateway:
         extra: list[tuple[bytes, bytes]],
         state: ResponseState,
         served: _Served,
+        door: Door | None = None,
     ) -> int:
         batch = parsed.batch
         try:
+            if door is not None and (answer := door.local_answer(parsed)) is not None:
+                await _send_full(send, 200, [_JSON, *extra], answer)
+                return 200
             if batch.stream and batch.kind is not RequestKind.EMBEDDING:
-                return await self._stream(parsed, send, extra, served)
-            return await self._unary(parsed, send, extra, served)
+                return await self._stream(parsed, send, extra, served, door)
+            return await self._unary(parsed, send, extra, served, door)
         except Exception as exc:
             # a bug below us: answer 500 (or end the stream) and log the traceback
             if isinstance(exc, InferenceError):
@@ -252,13 +276,12 @@ class _Gateway:
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": error_sse_event(error),
+                        "body": door.error_event(error) if door else error_sse_event(error),
                         "more_body": False,
                     }
                 )
                 return 200
-            await _send_error(send, error, extra)
-            return 500
+            return await _send_error(send, error, extra, door)
 
     def _answer_headers(
         self, deployment: str | None, served: _Served, extra: list[tuple[bytes, bytes]]
@@ -300,23 +323,29 @@ class _Gateway:
         )
 
     async def _unary(
-        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]], served: _Served
+        self,
+        parsed: ParsedRequest,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+        served: _Served,
+        door: Door | None = None,
     ) -> int:
         batch = parsed.batch
+        raw: list[bytes] = []
         with self._cut_scope() as cut:
             try:
-                tokens = await self._tokens(parsed)
+                tokens = await self._tokens(parsed, raw)
             except InferenceError as exc:
-                await _send_error(send, exc, self._answer_headers(exc.deployment, served, extra))
-                return exc.http_status
+                headers = self._answer_headers(exc.deployment, served, extra)
+                return await _send_error(send, exc, headers, door)
         if cut.cancelled_caught:
-            error = _shutting_down()
-            await _send_error(send, error, extra)
-            return error.http_status
+            return await _send_error(send, _shutting_down(), extra, door)
         served.usage = tokens.usage
         deployment = tokens.deployment
         created = int(time.time())
-        if batch.kind is RequestKind.CHAT:
+        if door is not None:
+            body = door.render(parsed, tokens, b"".join(raw) if raw else None)
+        elif batch.kind is RequestKind.CHAT:
             body = render_chat(
                 tokens,
                 response_id=f"chatcmpl-{batch.request_id}",
@@ -342,28 +371,40 @@ class _Gateway:
         await _send_full(send, 200, [_JSON, *self._answer_headers(deployment, served, extra)], body)
         return 200
 
-    async def _tokens(self, parsed: ParsedRequest) -> Tokens:
+    async def _tokens(self, parsed: ParsedRequest, raw: list[bytes]) -> Tokens:
+        """The whole answer; a passthrough's upstream bytes are appended to ``raw``."""
         if parsed.prompts:
             return await complete_prompts(self.cluster, parsed.prompts)
         builder = TokensBuilder(request_id=parsed.batch.request_id)
         async with self.cluster.execute(parsed.batch) as chunks:
             async for chunk in chunks:
                 builder.add(chunk)
+                if chunk.raw is not None:
+                    raw.append(chunk.raw)
             deployment = getattr(chunks, "deployment", None)
         return builder.build(deployment=deployment)
 
     async def _stream(
-        self, parsed: ParsedRequest, send: Send, extra: list[tuple[bytes, bytes]], served: _Served
+        self,
+        parsed: ParsedRequest,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+        served: _Served,
+        door: Door | None = None,
     ) -> int:
         batch = parsed.batch
         chat = batch.kind is RequestKind.CHAT
-        encoder_class = ChatStreamEncoder if chat else CompletionStreamEncoder
-        encoder = encoder_class(
-            response_id=f"{'chatcmpl' if chat else 'cmpl'}-{batch.request_id}",
-            created=int(time.time()),
-            model=parsed.model,
-            include_usage=parsed.include_usage,
-        )
+        encoder: Any
+        if door is not None:
+            encoder = door.stream_encoder(parsed)
+        else:
+            encoder_class = ChatStreamEncoder if chat else CompletionStreamEncoder
+            encoder = encoder_class(
+                response_id=f"{'chatcmpl' if chat else 'cmpl'}-{batch.request_id}",
+                created=int(time.time()),
+                model=parsed.model,
+                include_usage=parsed.include_usage,
+            )
         began = False
         deployment: str | None = None
         total = TokenUsage()
@@ -396,7 +437,8 @@ class _Gateway:
                                 await send(
                                     {"type": "http.response.body", "body": data, "more_body": True}
                                 )
-                    total = total + (encoder.usage or TokenUsage())
+                    if parsed.prompts:
+                        total = total + (encoder.usage or TokenUsage())
                 if parsed.prompts:
                     encoder.usage = total
             except InferenceError as exc:
@@ -406,21 +448,19 @@ class _Gateway:
         if error is not None:
             if not began:
                 headers = self._answer_headers(error.deployment, served, extra)
-                await _send_error(send, error, headers)
-                return error.http_status
+                return await _send_error(send, error, headers, door)
             logger.warning(
                 "request %s failed after streaming began: %s", batch.request_id, error.message
             )
-            await send(
-                {"type": "http.response.body", "body": error_sse_event(error), "more_body": False}
-            )
+            event = door.error_event(error) if door else error_sse_event(error)
+            await send({"type": "http.response.body", "body": event, "more_body": False})
             return 200
         if not began:
             headers = self._answer_headers(deployment, served, extra)
             await send(
                 {"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *headers]}
             )
-        served.usage = encoder.usage
+        served.usage = getattr(encoder, "usage", None)
         await send({"type": "http.response.body", "body": encoder.finish(), "more_body": False})
         return 200
 
@@ -463,9 +503,13 @@ async def _send_full(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _send_error(send: Send, exc: InferenceError, extra: list[tuple[bytes, bytes]]) -> None:
-    status, headers, body = error_response(exc)
+async def _send_error(
+    send: Send, exc: InferenceError, extra: list[tuple[bytes, bytes]], door: Door | None = None
+) -> int:
+    """Send ``exc`` in the door's dialect (OpenAI's without one); return the status."""
+    status, headers, body = door.error_response(exc) if door else error_response(exc)
     await _send_full(send, status, [_JSON, *headers, *extra], body)
+    return status
 
 
 # ---------------------------------------------------------------- Quart: GET endpoints

@@ -461,6 +461,8 @@ def render_chat(tokens: Tokens, *, response_id: str, created: int, model: str, n
     choices = []
     for choice in _choices_for(tokens, n):
         message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+        if choice.reasoning:
+            message["reasoning_content"] = choice.reasoning  # as DeepSeek, vLLM, LiteLLM send it
         if choice.tool_calls:
             message["tool_calls"] = [dict(c) for c in choice.tool_calls]
             if not choice.text:
@@ -591,9 +593,16 @@ class ChatStreamEncoder(_StreamEncoder):
                 "finish_reason": None,
             }
             out += self._event([role])
-        if not (chunk.text_delta or chunk.tool_call_deltas or chunk.finish_reason):
+        if not (
+            chunk.text_delta
+            or chunk.reasoning_delta
+            or chunk.tool_call_deltas
+            or chunk.finish_reason
+        ):
             return out
         delta: dict[str, Any] = {}
+        if chunk.reasoning_delta:
+            delta["reasoning_content"] = chunk.reasoning_delta
         if chunk.text_delta:
             delta["content"] = chunk.text_delta
         if chunk.tool_call_deltas:

@@ -124,8 +124,31 @@ def build_request_body(
             body["tool_choice"] = choice
     if batch.user:
         body["metadata"] = {"user_id": batch.user}
+    output_format = _output_format(batch.response_format)
+    if output_format is not None:
+        body["output_config"] = {"format": output_format}
     body.update(batch.extra)
     return body
+
+
+def _output_format(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` as Anthropic's structured-output ``format``.
+
+    ``json_schema`` carries its schema; ``json_object`` asks for any JSON object. Raises
+    BadRequestError for a json_schema without a schema object (nothing to constrain to).
+    """
+    kind = (response_format or {}).get("type")
+    if kind == "json_object":
+        return {"type": "json_schema", "schema": {"type": "object"}}
+    if kind != "json_schema":
+        return None
+    schema = ((response_format or {}).get("json_schema") or {}).get("schema")
+    if not isinstance(schema, Mapping):
+        raise BadRequestError(
+            "response_format.json_schema.schema must be a JSON Schema object",
+            param="response_format.json_schema.schema",
+        )
+    return {"type": "json_schema", "schema": dict(schema)}
 
 
 def _translate_messages(
@@ -285,9 +308,12 @@ def parse_message(body: Mapping[str, Any], *, request_id: str = "") -> list[Toke
     if not isinstance(content, list):
         raise MalformedStreamError("Anthropic answer has no content list; is the endpoint right?")
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
     for block in content:
-        if block.get("type") == "text":
+        if block.get("type") == "thinking":
+            thoughts.append(block.get("thinking") or "")
+        elif block.get("type") == "text":
             texts.append(block.get("text") or "")
         elif block.get("type") == "tool_use":
             calls.append(
@@ -305,6 +331,7 @@ def parse_message(body: Mapping[str, Any], *, request_id: str = "") -> list[Toke
         TokenChunk(
             request_id=request_id,
             text_delta="".join(texts),
+            reasoning_delta="".join(thoughts),
             tool_call_deltas=tuple(calls) or None,
             usage=parse_usage(body.get("usage") or {}),
             finish_reason=map_stop_reason(body.get("stop_reason")) or FinishReason.STOP,
@@ -368,13 +395,15 @@ class StreamState:
         delta = payload.get("delta") or {}
         if delta.get("type") == "text_delta" and delta.get("text"):
             return [TokenChunk(request_id=self.request_id, text_delta=delta["text"])]
+        if delta.get("type") == "thinking_delta" and delta.get("thinking"):
+            return [TokenChunk(request_id=self.request_id, reasoning_delta=delta["thinking"])]
         if delta.get("type") == "input_json_delta":
             tool = self.tool_blocks.get(int(payload.get("index", -1)))
             if tool is None or not delta.get("partial_json"):
                 return []
             call = {"index": tool, "function": {"arguments": delta["partial_json"]}}
             return [TokenChunk(request_id=self.request_id, tool_call_deltas=(call,))]
-        return []  # thinking, signature and citation deltas are not part of the answer
+        return []  # signature and citation deltas are not part of the answer
 
     def _message_delta(self, payload: Mapping[str, Any]) -> list[TokenChunk]:
         self.usage = parse_usage(payload.get("usage") or {}, self.usage)

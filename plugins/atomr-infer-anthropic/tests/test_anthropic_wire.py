@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import pytest
 from hypothesis import given, strategies as st
 
@@ -241,6 +242,7 @@ def test_json_message_with_text_tool_use_and_cache_usage() -> None:
     assert chunk == TokenChunk(
         request_id="r1",
         text_delta="Let me check.",
+        reasoning_delta="hmm",  # thinking is reported apart from the answer
         tool_call_deltas=(
             {
                 "index": 0,
@@ -499,3 +501,40 @@ def test_a_stream_cut_before_the_stop_reason_is_malformed_after_it_complete() ->
         complete.feed(SSEEvent(event=str(event["type"]), data=json.dumps(event)))
     assert not complete.finished
     assert complete.end() == []
+
+
+def test_response_format_json_schema_becomes_output_config() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    batch = ExecuteBatch(
+        request_id="r",
+        model="m",
+        messages=(Message(role="user", content="x"),),
+        response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+    )
+    body = build_request_body(batch, model="claude")
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    json_mode = attrs.evolve(batch, response_format={"type": "json_object"})
+    assert build_request_body(json_mode, model="claude")["output_config"]["format"] == {
+        "type": "json_schema",
+        "schema": {"type": "object"},
+    }
+
+
+def test_thinking_is_reported_as_reasoning_not_answer() -> None:
+    state = StreamState(request_id="r")
+    delta = {"type": "thinking_delta", "thinking": "hmm"}
+    [chunk] = state.feed(
+        "content_block_delta",
+        json.dumps({"type": "content_block_delta", "index": 0, "delta": delta}),
+    )
+    assert (chunk.reasoning_delta, chunk.text_delta) == ("hmm", "")
+    body = {
+        "content": [
+            {"type": "thinking", "thinking": "first", "signature": "s"},
+            {"type": "text", "text": "answer"},
+        ],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 1, "output_tokens": 2},
+    }
+    [whole] = parse_message(body)
+    assert (whole.reasoning_delta, whole.text_delta) == ("first", "answer")

@@ -33,6 +33,7 @@ from atomr_infer_core.errors import (
 from atomr_infer_remote import ProviderRequest, SSEEvent, classify_http_status, error_message
 
 from ._config import AzureAuth, OpenAIConfig
+from ._responses_wire import ResponsesStreamParser, parse_responses_body, passes_through
 
 __all__ = [
     "OpenAIProvider",
@@ -185,6 +186,15 @@ def _tool_deltas(calls: Any) -> tuple[Mapping[str, Any], ...] | None:
     return tuple({"index": c.get("index", i), **c} for i, c in enumerate(calls))
 
 
+def _reasoning(message: Any) -> str:
+    """Reasoning text of an OpenAI-compatible message or delta (``reasoning_content``, as
+    DeepSeek, vLLM and LiteLLM send it, or ``reasoning``)."""
+    if not isinstance(message, Mapping):
+        return ""
+    value = message.get("reasoning_content") or message.get("reasoning")
+    return value if isinstance(value, str) else ""
+
+
 def _refine(provider: str, status: int, body: Any) -> InferenceError | None:
     if not isinstance(body, Mapping) or not isinstance(body.get("error"), Mapping):
         return None
@@ -238,14 +248,16 @@ class OpenAIStreamParser:
     def _choice(self, choice: Mapping[str, Any]) -> TokenChunk | None:
         delta = choice.get("delta")
         text = (delta or {}).get("content") if delta is not None else choice.get("text")
+        reasoning = _reasoning(delta)
         tools = _tool_deltas((delta or {}).get("tool_calls"))
         finish = finish_reason(choice.get("finish_reason"))
         logprobs = choice.get("logprobs")
-        if not text and tools is None and finish is None and logprobs is None:
+        if not text and not reasoning and tools is None and finish is None and logprobs is None:
             return None
         return TokenChunk(
             request_id=self.request_id,
             text_delta=text or "",
+            reasoning_delta=reasoning,
             index=int(choice.get("index") or 0),
             tool_call_deltas=tools,
             finish_reason=finish,
@@ -272,9 +284,15 @@ class OpenAIProvider:
     model: str
     name: str = "openai"
 
+    def passes_through(self, batch: ExecuteBatch) -> bool:
+        """Whether ``batch`` is a Responses body for this upstream's ``/responses``
+        (Azure's Responses API lives elsewhere: Azure deployments serve the translation)."""
+        return passes_through(batch) and not self.config.is_azure
+
     def build_request(self, batch: ExecuteBatch, credential: Secret | None) -> ProviderRequest:
         c = self.config
-        operation = _OPERATION[batch.kind]
+        passthrough = self.passes_through(batch)
+        operation = "responses" if passthrough else _OPERATION[batch.kind]
         headers: dict[str, str] = {
             "accept": "text/event-stream" if batch.stream else "application/json"
         }
@@ -295,12 +313,18 @@ class OpenAIProvider:
             headers["openai-project"] = c.project
         headers.update(c.extra_headers)
         stream = batch.stream and batch.kind is not RequestKind.EMBEDDING
-        return ProviderRequest(
-            url=url, headers=headers, json=chat_body(batch, c, self.model), stream=stream
-        )
+        if passthrough:
+            assert batch.passthrough is not None
+            # the client's own Responses body: only the model is rewritten
+            body = {**batch.passthrough.body, "model": self.model}
+        else:
+            body = chat_body(batch, c, self.model)
+        return ProviderRequest(url=url, headers=headers, json=body, stream=stream)
 
     def parse_response(self, batch: ExecuteBatch, body: Any) -> Sequence[TokenChunk]:
         rid = batch.request_id
+        if self.passes_through(batch):
+            return parse_responses_body(body, request_id=rid, provider=self.name)
         usage = parse_usage(body.get("usage"))
         if batch.kind is RequestKind.EMBEDDING:
             rows = sorted(body.get("data") or (), key=lambda d: int(d.get("index", 0)))
@@ -315,6 +339,7 @@ class OpenAIProvider:
                 TokenChunk(
                     request_id=rid,
                     text_delta=text or "",
+                    reasoning_delta=_reasoning(message),
                     index=int(choice.get("index") or 0),
                     tool_call_deltas=_tool_deltas((message or {}).get("tool_calls")),
                     finish_reason=finish_reason(choice.get("finish_reason")) or FinishReason.STOP,
@@ -325,7 +350,9 @@ class OpenAIProvider:
             out.append(TokenChunk(request_id=rid, usage=usage))
         return out
 
-    def stream_parser(self, batch: ExecuteBatch) -> OpenAIStreamParser:
+    def stream_parser(self, batch: ExecuteBatch) -> OpenAIStreamParser | ResponsesStreamParser:
+        if self.passes_through(batch):
+            return ResponsesStreamParser(provider=self.name, request_id=batch.request_id)
         return OpenAIStreamParser(provider=self.name, request_id=batch.request_id)
 
     def refine_error(self, status: int, body: Any) -> InferenceError | None:

@@ -29,6 +29,7 @@ from ._mock_server import (
     open_mock_server as open_mock_server,
     sse_frame as sse_frame,
 )
+from ._schema import schema_answer as schema_answer, schema_instance as schema_instance
 from ._shell import (
     MOCK_PROVIDERS as MOCK_PROVIDERS,
     mock_banner as mock_banner,
@@ -60,6 +61,8 @@ __all__: list[str] = [
     "mock_runtime_plugin",
     "open_mock_server",
     "run_mock",
+    "schema_answer",
+    "schema_instance",
     "serve_mock",
     "sse_frame",
 ]

@@ -4,7 +4,9 @@ Content is derived from the request so tests can assert exact text:
 
 - the answer is ``"Echo: <text of the last user message>"``, streamed one word per
   ``content_block_delta`` (``"Echo:"``, ``" hello"``, …); ``max_tokens`` cuts it to that
-  many words with ``stop_reason="max_tokens"``.
+  many words with ``stop_reason="max_tokens"``. A structured-output request
+  (``output_config.format`` or the beta ``output_format``) is answered with JSON built
+  from its schema (``schema_answer``).
 - with ``tools`` (and ``tool_choice`` not ``none``) the model calls the first (or the
   named) tool with input ``{"input": <last user text>}``, streamed as two
   ``input_json_delta`` pieces, ``stop_reason="tool_use"``.
@@ -41,6 +43,7 @@ from ._mock_server import (
     open_mock_server,
     sse_frame,
 )
+from ._schema import schema_answer
 
 __all__ = ["MockAnthropicServer", "mock_anthropic"]
 
@@ -142,7 +145,7 @@ class MockAnthropicServer(MockProviderServer):
         elif tool is not None:
             words, stop = [], "tool_use"
         else:
-            words = _WORDS.findall(f"Echo: {last_user}".rstrip())
+            words = _WORDS.findall(self._answer_text(body, last_user))
             stop = "end_turn"
             if len(words) > body["max_tokens"]:
                 words, stop = words[: body["max_tokens"]], "max_tokens"
@@ -240,6 +243,13 @@ class MockAnthropicServer(MockProviderServer):
             if message.get("role") == "user":
                 last_user = text
         return tokens, last_user
+
+    def _answer_text(self, body: dict[str, Any], last_user: str) -> str:
+        config = body.get("output_config") or {}
+        fmt = config.get("format") or body.get("output_format") or {}
+        if fmt.get("type") == "json_schema":
+            return schema_answer(fmt.get("schema"), last_user)
+        return f"Echo: {last_user}".rstrip()
 
     def _tool_to_call(self, body: dict[str, Any]) -> str | None:
         tools = body.get("tools") or []

@@ -9,6 +9,8 @@ path's flavour uses. Content is derived from the request so tests can assert exa
 - candidate ``i`` answers ``"Echo: <text of the last user turn>"`` (``"Echo #i: …"`` for
   ``i > 0``; ``generationConfig.candidateCount`` candidates), streamed one word per SSE
   event; ``maxOutputTokens`` cuts it to that many words with ``finishReason="MAX_TOKENS"``.
+  ``responseJsonSchema`` (or ``responseSchema``) is honoured: the answer is JSON built
+  from the schema (``schema_answer``); JSON mode without one gives ``{"echo": <text>}``.
 - with ``tools`` (and a function-calling mode other than ``NONE``) the model calls the
   first (or the only allowed) function with ``args {"input": <last user text>}``.
 - ``usageMetadata``: ``promptTokenCount`` = words in ``systemInstruction`` and every
@@ -43,6 +45,7 @@ from ._mock_server import (
     open_mock_server,
     sse_frame,
 )
+from ._schema import schema_answer
 
 __all__ = ["MockGeminiServer", "mock_gemini"]
 
@@ -176,7 +179,7 @@ class MockGeminiServer(MockProviderServer):
             return StreamReply(frames=[sse_frame(reply)]) if stream else JSONReply(body=reply)
         tool = self._tool_to_call(body)
         n = int(config.get("candidateCount") or 1)
-        answers = [self._answer(i, last_user, limit, tool) for i in range(n)]
+        answers = [self._answer(i, last_user, limit, tool, config) for i in range(n)]
         if stream:
             return self._stream_reply(answers, prompt_tokens, model)
         candidates = [
@@ -217,12 +220,17 @@ class MockGeminiServer(MockProviderServer):
         return StreamReply(frames=frames)
 
     def _answer(
-        self, index: int, last_user: str, limit: Any, tool: str | None
+        self, index: int, last_user: str, limit: Any, tool: str | None, config: dict[str, Any]
     ) -> tuple[list[dict[str, Any]], str]:
         if tool is not None:
             return [{"functionCall": {"name": tool, "args": {"input": last_user}}}], "STOP"
         prefix = "Echo:" if index == 0 else f"Echo #{index}:"
         words = _WORDS.findall(f"{prefix} {last_user}".rstrip())
+        schema = config.get("responseJsonSchema") or config.get("responseSchema")
+        if schema is not None:
+            words = _WORDS.findall(schema_answer(schema, last_user))
+        elif config.get("responseMimeType") == "application/json":
+            words = _WORDS.findall(schema_answer({"properties": {"echo": {}}}, last_user))
         finish = "STOP"
         if limit is not None and len(words) > int(limit):
             words, finish = words[: int(limit)], "MAX_TOKENS"

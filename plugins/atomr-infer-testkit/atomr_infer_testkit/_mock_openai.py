@@ -4,13 +4,19 @@ Content is derived from the request so tests can assert exact text:
 
 - chat: choice ``i`` answers ``"Echo: <text of the last user message>"`` (``"Echo #i: …"``
   for ``i > 0``), streamed one word per chunk (``"Echo:"``, ``" hello"``, …);
-  ``max_tokens`` cuts it to that many words with ``finish_reason="length"``. With tools
+  ``max_tokens`` cuts it to that many words with ``finish_reason="length"``. A
+  ``response_format`` json_schema is honoured: the answer is JSON built from the schema
+  (``schema_answer``; ``json_object`` gives ``{"echo": <text>}``). With tools
   (and ``tool_choice`` not ``"none"``) the model calls the first (or the named) tool with
   arguments ``{"input": <last user text>}``.
 - completions: ``"Echo: <prompt>"``, the same way.
+- responses (``POST /v1/responses``): the same answers in the Responses API's shapes and
+  events (see :mod:`._mock_responses`).
 - embeddings: ``dimensions`` (default 8) numbers in [-1, 1] from the SHA-256 of each input.
 - usage: prompt tokens = words in the input (image parts count 1); completion tokens =
-  words sent (tool calls count 1) plus ``reasoning_tokens``; ``cached_tokens`` and
+  words sent (tool calls count 1) plus ``reasoning_tokens``; with ``reasoning_effort`` the
+  answer also carries ``reasoning_content`` ``"Thinking: <text>"`` (streamed as one delta
+  before the content), as DeepSeek-style servers send it; ``cached_tokens`` and
   ``reasoning_tokens`` are attributes tests may set.
 
 A prompt whose words plus ``max_tokens`` exceed ``context_window`` gets OpenAI's 400
@@ -28,6 +34,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ._mock_responses import responses_reply
 from ._mock_server import (
     JSONReply,
     MockProviderServer,
@@ -37,6 +44,7 @@ from ._mock_server import (
     open_mock_server,
     sse_frame,
 )
+from ._schema import schema_answer
 
 __all__ = ["MockOpenAIServer", "mock_openai"]
 
@@ -84,6 +92,10 @@ class MockOpenAIServer(MockProviderServer):
         self.add_route("POST", "/v1/chat/completions", self.chat_completions)
         self.add_route("POST", "/v1/completions", self.completions)
         self.add_route("POST", "/v1/embeddings", self.embeddings)
+        self.add_route("POST", "/v1/responses", self.responses)
+        #: responses this server made (``previous_response_id`` must name one), each with
+        #: its conversation's last user text
+        self.response_ids: dict[str, str] = {}
         self.add_route("GET", "/v1/models", self.list_models, faulty=False)
         self.add_route("POST", "/openai/deployments/*", self.azure)
 
@@ -109,6 +121,9 @@ class MockOpenAIServer(MockProviderServer):
         if handler is None or "api-version=" not in request.query:
             return self._error(404, "Resource not found", "invalid_request_error", "404")
         return handler(body)
+
+    async def responses(self, request: RecordedRequest) -> Reply:
+        return responses_reply(self, request.json or {})
 
     async def chat_completions(self, request: RecordedRequest) -> Reply:
         return self._chat(request.json or {})
@@ -138,12 +153,16 @@ class MockOpenAIServer(MockProviderServer):
         completion = sum(len(words) for words, _ in choices) + self.reasoning_tokens
         usage = self._usage(prompt_tokens, completion)
         model = body.get("model", "")
+        # with reasoning_effort the mock "reasons" aloud, as DeepSeek-style servers do
+        thought = f"Thinking: {last_user}" if body.get("reasoning_effort") else None
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return self._chat_stream(model, choices, tool, last_user, usage, include_usage)
+            return self._chat_stream(model, choices, tool, last_user, usage, include_usage, thought)
         out = []
         for i, (words, finish) in enumerate(choices):
             message: dict[str, Any] = {"role": "assistant", "content": "".join(words) or None}
+            if thought:
+                message["reasoning_content"] = thought
             if tool is not None:
                 message["content"] = None
                 message["tool_calls"] = [_tool_call(i, tool, last_user)]
@@ -168,6 +187,7 @@ class MockOpenAIServer(MockProviderServer):
         last_user: str,
         usage: dict[str, Any],
         include_usage: bool,
+        thought: str | None = None,
     ) -> Reply:
         def chunk(choice_list: list[dict[str, Any]], **extra: Any) -> bytes:
             body: dict[str, Any] = {
@@ -189,6 +209,8 @@ class MockOpenAIServer(MockProviderServer):
             chunk([delta(i, {"role": "assistant", "content": ""})]) for i in range(len(choices))
         ]
         for i, (words, finish) in enumerate(choices):
+            if thought:
+                frames.append(chunk([delta(i, {"reasoning_content": thought})]))
             if tool is not None:
                 call = _tool_call(i, tool, last_user)
                 args = call["function"]["arguments"]
@@ -213,6 +235,11 @@ class MockOpenAIServer(MockProviderServer):
             return [], "tool_calls"
         prefix = "Echo:" if index == 0 else f"Echo #{index}:"
         words = _words(f"{prefix} {last_user}".rstrip())
+        fmt = body.get("response_format") or {}
+        if fmt.get("type") == "json_schema":
+            words = _words(schema_answer((fmt.get("json_schema") or {}).get("schema"), last_user))
+        elif fmt.get("type") == "json_object":
+            words = _words(schema_answer({"properties": {"echo": {}}}, last_user))
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         if limit is not None and len(words) > int(limit):
             return words[: int(limit)], "length"

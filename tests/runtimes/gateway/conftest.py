@@ -92,8 +92,12 @@ class FakeCluster:
         api_keys: tuple[str, ...] = (),
         max_request_bytes: int = 4 * 1024 * 1024,
         states: Mapping[str, str] | None = None,
+        runtimes: Mapping[str, str] | None = None,
     ) -> None:
         names = [*mocks, *(errors or {})]
+        # the runtime a deployment claims (what the gateway checks features against);
+        # every deployment still runs a MockRunner
+        claimed = dict(runtimes or {})
         self.config = Config(
             cluster=ClusterConfig(
                 bind="127.0.0.1:0",
@@ -101,7 +105,9 @@ class FakeCluster:
                 max_request_bytes=max_request_bytes,
                 shutdown_grace=5.0,
             ),
-            deployments=tuple(Deployment(name=n, model="mock", runtime="mock") for n in names),
+            deployments=tuple(
+                Deployment(name=n, model="mock", runtime=claimed.get(n, "mock")) for n in names
+            ),
         )
         self.runners = {
             name: MockRunner(self.config.deployment(name), cfg, RunnerContext())

@@ -280,7 +280,31 @@ async def test_refuses_public_bind_without_keys() -> None:
         await serve_gateway(cluster, host="0.0.0.0", port=0)
 
 
-async def test_tools_and_response_format_pass_through(default_cluster: FakeCluster) -> None:
+async def test_features_the_target_cannot_honour_are_refused(
+    default_cluster: FakeCluster,
+) -> None:
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    async with open_gateway(default_cluster) as url, httpx.AsyncClient(base_url=url) as http:
+        replies = [
+            await http.post("/v1/chat/completions", json={"model": "chat", "messages": HI, **extra})
+            for extra in (
+                {"response_format": schema},
+                {"tools": [{"type": "function", "function": {"name": "f"}}]},
+                {"logprobs": True},
+                {"n": 2},
+            )
+        ]
+    errors_ = [r.json()["error"] for r in replies]
+    assert [r.status_code for r in replies] == [400, 400, 400, 400]
+    assert [e["code"] for e in errors_] == ["unsupported_parameter"] * 4
+    assert [e["param"] for e in errors_] == ["response_format", "tools", "logprobs", "n"]
+    assert "the mock runtime" in errors_[0]["message"]
+    assert default_cluster.records == []
+
+
+async def test_tools_and_response_format_pass_through() -> None:
+    # the deployment claims the openai runtime, which honours tools, images and JSON mode
+    cluster = FakeCluster({"chat": MockConfig()}, runtimes={"chat": "openai"})
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     body = {
         "model": "chat",
@@ -302,10 +326,10 @@ async def test_tools_and_response_format_pass_through(default_cluster: FakeClust
         "max_completion_tokens": 3,
         "metadata": {"k": "v"},
     }
-    async with open_gateway(default_cluster) as url, httpx.AsyncClient(base_url=url) as http:
+    async with open_gateway(cluster) as url, httpx.AsyncClient(base_url=url) as http:
         response = await http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200
-    batch = default_cluster.records[0].batch
+    batch = cluster.records[0].batch
     assert batch.tools == tuple(tools)
     assert batch.tool_choice == "auto"
     assert batch.response_format == {"type": "json_object"}

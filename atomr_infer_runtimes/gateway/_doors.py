@@ -1,0 +1,78 @@
+"""What a front door (a client dialect beside OpenAI's Chat Completions) provides.
+
+A door parses its dialect's body onto the internal request path (an ``ExecuteBatch``),
+renders the aggregated answer and the streamed chunks back in its dialect, and shapes
+errors the way its clients expect. The gateway's POST fast path does the rest (auth,
+body limits, disconnects, logging) for every door alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from atomr_infer_core import TokenChunk, Tokens, infer_runtime
+from atomr_infer_core.errors import InferenceError, UnsupportedParameterError
+
+from ._openai import ParsedRequest
+
+__all__ = ["Door", "StreamEncoder", "target_runtime", "unsupported"]
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class StreamEncoder(Protocol):
+    def encode(self, chunk: TokenChunk) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class Door(Protocol):
+    """One dialect's request parsing, answer rendering and error shapes."""
+
+    def authorization(self, headers: Mapping[bytes, bytes]) -> bytes | None:
+        """The ``Authorization`` value to check against the gateway's keys."""
+        ...
+
+    def parse(
+        self, body: Mapping[str, Any], request_id: str, headers: Mapping[bytes, bytes]
+    ) -> ParsedRequest: ...
+
+    def local_answer(self, parsed: ParsedRequest) -> bytes | None:
+        """A body answered without running a model (token counting), else ``None``."""
+        ...
+
+    def render(self, parsed: ParsedRequest, tokens: Tokens, raw: bytes | None) -> bytes:
+        """The answer's body; ``raw`` is the upstream's own body when it was passed through."""
+        ...
+
+    def stream_encoder(self, parsed: ParsedRequest) -> StreamEncoder: ...
+
+    def error_response(self, exc: InferenceError) -> tuple[int, Headers, bytes]: ...
+
+    def error_event(self, exc: InferenceError) -> bytes: ...
+
+
+def target_runtime(cluster: Any, model: str) -> str | None:
+    """The runtime of the deployment ``model`` names, or ``None`` when it names none."""
+    config = getattr(cluster, "config", None)
+    if config is None:
+        return None
+    route = getattr(cluster, "route", None)
+    try:
+        name = route(model) if route is not None else model
+        deployment = config.deployment(name)
+    except (KeyError, InferenceError):
+        return None
+    kind = deployment.runtime or infer_runtime(deployment.model)
+    return str(kind) if kind is not None else None
+
+
+def unsupported(param: str, what: str, target: str | None) -> UnsupportedParameterError:
+    """A 400 ``unsupported_parameter`` naming ``param``: never a 200 that ignores it."""
+    where = f"the {target} runtime" if target else "this deployment"
+    return UnsupportedParameterError(
+        f"'{param}': {what} cannot be honoured by {where}; remove it or pick a deployment "
+        "that supports it",
+        param=param,
+    )
