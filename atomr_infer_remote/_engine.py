@@ -466,6 +466,10 @@ class RemoteEngine:
     async def _worker(self) -> None:
         while True:
             request: _Request = await self._queue.get()
+            if request.state != "queued":
+                # its caller left while the queue handed it over (``get`` checkpoints
+                # after taking it): already failed, closed and uncounted by ``_abandon``
+                continue
             self._queued -= 1
             request.state = "running"
             self._in_flight += 1
@@ -750,11 +754,18 @@ def _crash_cause(exc: BaseException) -> BaseException | None:
 
 
 async def _put(request: _Request, item: Any) -> None:
-    """Hand ``item`` to the caller; waits (a checkpoint) only when its channel is full."""
+    """Hand ``item`` to the caller; waits (a checkpoint) only when its channel is full.
+
+    A caller that is gone (its channel closed) is nobody to tell: the item is dropped,
+    never raised into the worker (which would take the replica down with it).
+    """
     try:
-        request.send.send_nowait(item)
-    except trio.WouldBlock:
-        await request.send.send(item)
+        try:
+            request.send.send_nowait(item)
+        except trio.WouldBlock:
+            await request.send.send(item)
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
+        pass
 
 
 async def _drain_buffered(reads: AsyncIterator[bytes]) -> None:

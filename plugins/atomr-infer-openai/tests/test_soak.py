@@ -7,9 +7,11 @@ that leave (before output and mid-stream).
 
 Asserted: every request ends (none hung); each ends as the full answer or a typed error
 (an OpenAI error body, or one SSE error event closing a stream), never a 500; no text is
-repeated (a cut stream is a prefix of the answer); no upstream stream is left open; the
-process's fds come back to the warm-up baseline (within ``FD_SLACK``) and its RSS grows
-by less than ``RSS_SLACK_MIB``; ``atomr_requests_total`` equals the requests sent.
+repeated (a cut stream is a prefix of the answer); the replica never crashes; no upstream
+stream is left open and the gateway holds no client socket; the process's fds come back
+to the warm-up baseline while serving (within ``FD_SLACK``) and to the start exactly
+once all is stopped; its RSS grows by less than ``RSS_SLACK_MIB``;
+``atomr_requests_total`` equals the requests sent.
 
 Run with ``-s`` to see the figures (docs/reliability.md quotes them).
 """
@@ -39,7 +41,9 @@ REQUESTS = int(os.environ.get("SOAK_REQUESTS", "2000"))
 WARMUP = 200
 CONCURRENCY = 32
 FAULT_RATE = 0.2
-FD_SLACK = 16
+#: the upstream pool may hold other (idle) connections after the soak than after the
+#: warm-up: each is two fds here (the mock server runs in this process)
+FD_SLACK = 2 * CONCURRENCY
 RSS_SLACK_MIB = 40.0
 
 
@@ -60,6 +64,20 @@ class CountingServer(MockOpenAIServer):
 
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def _gateway_sockets(port: int) -> int:
+    """Sockets of the gateway's port in this network namespace that are not listening:
+    with every client gone there must be none (no CLOSE_WAIT, no lingering keep-alive)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] not in ("0A", "06"):  # LISTEN, TIME_WAIT
+                    count += 1
+    return count
 
 
 def _rss_mib() -> float:
@@ -194,16 +212,18 @@ def _requests_counted(cluster: Any) -> float:
     )
 
 
-async def _settle(cluster: Any, server: CountingServer, sent: int) -> None:
-    """Wait (bounded by the caller) until every request was counted and the upstream
-    has no stream open: the gateway notices departed clients asynchronously."""
+async def _settle(cluster: Any, server: CountingServer, sent: int, port: int) -> None:
+    """Wait (bounded by the caller) until every request was counted, the upstream has no
+    stream open and the gateway holds no client socket: the gateway notices departed
+    clients asynchronously."""
     try:
-        while _requests_counted(cluster) < sent or server.open_streams:
+        while _requests_counted(cluster) < sent or server.open_streams or _gateway_sockets(port):
             await trio.testing.wait_all_tasks_blocked(cushion=0.05)
     except trio.Cancelled:
         print(
             f"not settled: {_requests_counted(cluster):g} of {sent} counted, "
-            f"{server.open_streams} upstream streams open"
+            f"{server.open_streams} upstream streams open, "
+            f"{_gateway_sockets(port)} gateway sockets open"
         )
         raise
 
@@ -211,6 +231,8 @@ async def _settle(cluster: Any, server: CountingServer, sent: int) -> None:
 @pytest.mark.slow
 async def test_soak_mixed_requests_under_faults() -> None:
     rng = random.Random(20261204)
+    gc.collect()
+    fds_at_start = _fds()
     async with open_mock_server(CountingServer()) as server:
         config = load_config(
             {
@@ -232,9 +254,10 @@ async def test_soak_mixed_requests_under_faults() -> None:
             config, plugins=[openai_plugin], load_entry_points=False
         ) as cluster:
             async with open_gateway(cluster) as url:
+                port = int(url.rsplit(":", 1)[1])
                 await _run(url, server, WARMUP, 0, random.Random(1))
                 with trio.fail_after(30):
-                    await _settle(cluster, server, WARMUP)
+                    await _settle(cluster, server, WARMUP, port)
                 gc.collect()
                 fds_before, rss_before = _fds(), _rss_mib()
                 started = time.perf_counter()
@@ -242,10 +265,13 @@ async def test_soak_mixed_requests_under_faults() -> None:
                     outcomes = await _run(url, server, REQUESTS, WARMUP, rng)
                 elapsed = time.perf_counter() - started
                 with trio.fail_after(30):
-                    await _settle(cluster, server, WARMUP + REQUESTS)
+                    await _settle(cluster, server, WARMUP + REQUESTS, port)
                 gc.collect()
                 fds_after, rss_after = _fds(), _rss_mib()
                 counted = _requests_counted(cluster)
+                restarts = cluster.metrics.sample(
+                    "atomr_replica_restarts_total", {"deployment": "chat"}
+                )
                 by_status = {
                     f"{s.labels['status']}/{s.labels['error_kind'] or '-'}": s.value
                     for metric in cluster.metrics.registry.collect()
@@ -253,17 +279,24 @@ async def test_soak_mixed_requests_under_faults() -> None:
                     for s in metric.samples
                     if s.name == "atomr_requests_total"
                 }
+    gc.collect()
+    fds_at_end = _fds()
     print(
         f"\nsoak: {REQUESTS} requests (+{WARMUP} warm-up) in {elapsed:.1f}s, "
         f"concurrency {CONCURRENCY}, fault rate {FAULT_RATE:.0%}\n"
         f"  client outcomes: {dict(sorted(outcomes.items()))}\n"
         f"  atomr_requests_total: {counted:g} {dict(sorted(by_status.items()))}\n"
         f"  upstream: {len(server.requests)} requests, {server.open_streams} streams open\n"
-        f"  fds: {fds_before} -> {fds_after}; RSS: {rss_before:.1f} -> {rss_after:.1f} MiB"
+        f"  fds: {fds_before} -> {fds_after} while serving, {fds_at_start} -> {fds_at_end} "
+        f"before start / after stop; RSS: {rss_before:.1f} -> {rss_after:.1f} MiB"
     )
     assert sum(outcomes.values()) == REQUESTS
     assert outcomes["ok"] >= REQUESTS * 0.7
     assert counted == WARMUP + REQUESTS
+    # no request (nor a client leaving at any moment) may take the replica down
+    assert not restarts
+    assert not {"error/session_poisoned", "error/internal", "error/draining"} & set(by_status)
     assert server.open_streams == 0
     assert fds_after <= fds_before + FD_SLACK
+    assert fds_at_end <= fds_at_start + 2  # every socket of the run was released
     assert rss_after - rss_before < RSS_SLACK_MIB
