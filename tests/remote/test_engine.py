@@ -241,7 +241,7 @@ async def test_breaker_opens_after_5xx_then_fails_fast(
         assert info.value.retry_after == pytest.approx(30.0)
         assert engine.statistics().breaker.state == "open"
         await trio.sleep(30.0)
-        server._faults.clear()
+        assert server.clear_faults() == 3  # two answered, the third never left
         _, tokens = await _collect(engine, _batch())  # the half-open probe succeeds
     assert tokens.text == "Echo: hello world"
     assert engine.statistics().breaker.state == "closed"

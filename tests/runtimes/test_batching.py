@@ -47,6 +47,10 @@ class ScriptedModel:
         self.rebuilds: list[SessionRebuildCause] = []
         self.loaded = 0
         self.threads: set[int] = set()
+        #: steps running now, and the most that ever ran at once
+        self.in_step = 0
+        self.peak_in_step = 0
+        self._step_lock = threading.Lock()
         self.step_gate: threading.Event | None = None
 
     def load(self) -> None:
@@ -58,7 +62,19 @@ class ScriptedModel:
     def step(
         self, joining: Sequence[tuple[str, ExecuteBatch]], leaving: Sequence[str]
     ) -> list[SequenceOutput]:
-        self.threads.add(threading.get_ident())
+        with self._step_lock:
+            self.threads.add(threading.get_ident())
+            self.in_step += 1
+            self.peak_in_step = max(self.peak_in_step, self.in_step)
+        try:
+            return self._step(joining, leaving)
+        finally:
+            with self._step_lock:
+                self.in_step -= 1
+
+    def _step(
+        self, joining: Sequence[tuple[str, ExecuteBatch]], leaving: Sequence[str]
+    ) -> list[SequenceOutput]:
         if self.step_gate is not None:
             self.step_gate.wait(5)
         for seq_id in leaving:
@@ -162,7 +178,9 @@ async def test_concurrent_requests_share_steps_and_get_their_own_output() -> Non
         assert results[f"p{i}"].usage.output_tokens == n
     assert runner.peak_batch > 1
     assert len(model.calls) < sum(2 + i % 5 for i in range(16))
-    assert len(model.threads) >= 1
+    # every step ran on a worker thread, never on trio's, and never two at once
+    assert model.threads and threading.get_ident() not in model.threads
+    assert model.peak_in_step == 1
 
 
 async def test_max_concurrent_bounds_active_sequences() -> None:

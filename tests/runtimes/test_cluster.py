@@ -170,8 +170,28 @@ async def test_past_restart_intensity_the_deployment_fails_and_others_serve(
 # -- routing -------------------------------------------------------------------------
 
 
+async def test_least_outstanding_sends_nothing_to_a_busy_replica(
+    mock_plugin, mock_deployment, runners, autojump_clock
+) -> None:
+    # round-robin or a random pick would send a third of these to the busy replica
+    dep = mock_deployment("chat", replicas=3, config={"chunk_delay": "10ms"})
+    async with cluster_of(mock_plugin, dep) as cluster:
+        async with cluster.stream("chat", messages=HELLO) as held:
+            assert (await held.__anext__()).text_delta == "Hello"
+            [busy] = [r for r in runners.of("chat") if r.counters.executions]
+            for i in range(30):
+                await cluster.complete("chat", prompt=f"q{i}")
+            counts = [r.counters.executions for r in runners.of("chat")]
+            assert counts[busy.replica_index] == 1  # only the held stream
+            assert sorted(counts) == [1, 15, 15]  # the rest alternate between the idle two
+        # once the stream is closed the busy replica takes its turn again
+        for i in range(3):
+            await cluster.complete("chat", prompt=f"after{i}")
+        assert busy.counters.executions == 2
+
+
 @pytest.mark.slow
-async def test_least_outstanding_balances_three_replicas(
+async def test_concurrent_load_spreads_evenly_over_three_replicas(
     mock_plugin, mock_deployment, runners, autojump_clock
 ) -> None:
     dep = mock_deployment("chat", replicas=3, config={"chunks": ["a", "b"], "chunk_delay": "10ms"})

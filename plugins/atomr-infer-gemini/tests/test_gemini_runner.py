@@ -3,89 +3,73 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
 from atomr_infer_core import (
-    CircuitBreakerConfig,
     Deployment,
-    ExecuteBatch,
     FinishReason,
-    JitterKind,
-    Message,
-    RetryPolicy,
-    RunnerContext,
     SamplingParams,
     Secret,
-    TokenChunk,
-    Tokens,
     TokenUsage,
     infer_runtime,
 )
 from atomr_infer_core.errors import (
-    CircuitOpenError,
     ContentFilteredError,
     ContextLengthExceededError,
     ForbiddenError,
-    MalformedStreamError,
-    NetworkError,
-    RateLimitedError,
-    ServerError,
     UnauthorizedError,
 )
 from atomr_infer_gemini import PLUGIN, PRICES, CommandCredential, GeminiConfig, GeminiRunner
-from atomr_infer_remote import CallableCredential, CircuitBreaker, RateLimiter
-from atomr_infer_testkit import MockGeminiServer, mock_gemini
+from atomr_infer_remote import CallableCredential
+from atomr_infer_testkit import MockProviderServer, mock_gemini
+from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite, collect
 
 MODEL = "gemini-2.5-flash"
 
 
-def deployment(**kw: Any) -> Deployment:
-    kw.setdefault("retry", RetryPolicy(max_retries=3, initial_backoff=1.0, jitter=JitterKind.NONE))
-    return Deployment(name="gem", model=MODEL, **kw)
-
-
-def batch(text: str = "hello world", *, stream: bool = False, **kw: Any) -> ExecuteBatch:
-    messages = [Message(role="system", content="Be brief."), Message(role="user", content=text)]
-    return ExecuteBatch(request_id="r1", model=MODEL, messages=messages, stream=stream, **kw)
-
-
-def studio(server: MockGeminiServer, **kw: Any) -> GeminiConfig:
+def studio(server: MockProviderServer, **kw: Any) -> GeminiConfig:
     kw.setdefault("api_key", Secret("AIza-test"))
     return GeminiConfig(endpoint=f"{server.url}/v1beta/", **kw)
 
 
-@asynccontextmanager
-async def open_runner(
-    server: MockGeminiServer,
+ADAPTER = ContractAdapter(
+    plugin=PLUGIN,
+    runtime_config=lambda server: {"endpoint": f"{server.url}/v1beta/", "api_key": "AIza-test"},
+    model=MODEL,
+    serve=mock_gemini,
+    frames_before_text=0,
+    input_tokens=4,
+)
+deployment, batch = ADAPTER.deployment, ADAPTER.batch
+
+
+def open_runner(
+    server: MockProviderServer,
     dep: Deployment | None = None,
     config: GeminiConfig | None = None,
     **services: Any,
-) -> AsyncIterator[GeminiRunner]:
-    dep = dep or deployment()
-    services.setdefault("limiter", RateLimiter(dep.rate_limits, name=dep.name))
-    services.setdefault(
-        "breaker", CircuitBreaker(dep.circuit_breaker, name=dep.name, provider="gemini")
-    )
-    runner = GeminiRunner(dep, config or studio(server), RunnerContext(services=services))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(runner.run)
-        yield runner
-        nursery.cancel_scope.cancel()
+) -> AbstractAsyncContextManager[Any]:
+    """The runner on AI Studio by default, or with ``config`` (Vertex AI, safety, …)."""
+    adapter = ADAPTER
+    if config is not None:
+        adapter = attrs.evolve(ADAPTER, make_runner=lambda _, d, c: GeminiRunner(d, config, c))
+    return adapter.runner(server, dep, **services)
 
 
-async def collect(runner: GeminiRunner, b: ExecuteBatch) -> tuple[list[TokenChunk], Tokens]:
-    chunks: list[TokenChunk] = []
-    async with runner.execute(b) as stream:
-        async for chunk in stream:
-            chunks.append(chunk)
-    return chunks, Tokens.from_chunks(chunks)
+@pytest.fixture
+def runner_contract() -> ContractAdapter:
+    return ADAPTER
+
+
+class TestGeminiRunnerContract(RunnerContractSuite):
+    """429, 5xx, 401, broken streams, cancellation, usage and tools: the shared scenarios."""
 
 
 # -- happy paths ------------------------------------------------------------------------
@@ -142,15 +126,6 @@ async def test_two_candidates_and_max_tokens() -> None:
     assert [c.text for c in tokens.choices] == ["Echo: hello", "Echo #1:"]
     assert tokens.choices[0].finish_reason is FinishReason.LENGTH
     assert tokens.choices[1].finish_reason is FinishReason.LENGTH
-
-
-async def test_function_call_becomes_an_openai_tool_call() -> None:
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
-    async with mock_gemini() as server, open_runner(server) as runner:
-        _, tokens = await collect(runner, batch("find cats", tools=tools))
-    assert tokens.finish_reason is FinishReason.TOOL_CALLS
-    [call] = tokens.choices[0].tool_calls
-    assert call["function"] == {"name": "lookup", "arguments": '{"input":"find cats"}'}
 
 
 # -- Vertex AI --------------------------------------------------------------------------
@@ -222,46 +197,6 @@ async def test_failing_token_command_is_unauthorized_with_advice() -> None:
 # -- retries and the breaker ------------------------------------------------------------
 
 
-async def test_resource_exhausted_is_retried_after_retry_info_delay(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    async with mock_gemini() as server, open_runner(server) as runner:
-        server.inject_status(429, retry_after=7)
-        start = trio.current_time()
-        _, tokens = await collect(runner, batch())
-        assert trio.current_time() - start == pytest.approx(7.0)
-    assert tokens.text == "Echo: hello world"
-    assert len(server.requests) == 2
-
-
-async def test_resource_exhausted_past_the_deadline_is_raised_with_retry_after(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    async with mock_gemini() as server, open_runner(server) as runner:
-        server.inject_status(429, retry_after=120)
-        with pytest.raises(RateLimitedError) as info:
-            await collect(runner, batch())
-    assert info.value.retry_after == pytest.approx(120.0)
-    assert len(server.requests) == 1
-
-
-async def test_5xx_opens_the_breaker_then_fails_fast(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    dep = deployment(
-        retry=RetryPolicy(max_retries=0),
-        circuit_breaker=CircuitBreakerConfig(failure_threshold=2, open_duration=30.0),
-    )
-    async with mock_gemini() as server, open_runner(server, dep) as runner:
-        server.inject_5xx(5)
-        for _ in range(2):
-            with pytest.raises(ServerError):
-                await collect(runner, batch())
-        with pytest.raises(CircuitOpenError):
-            await collect(runner, batch())
-    assert len(server.requests) == 2
-
-
 async def test_unavailable_error_event_before_output_is_retried(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -328,31 +263,15 @@ async def test_permission_denied_is_forbidden_and_bad_key_unauthorized() -> None
             await collect(runner, batch())
 
 
-# -- broken streams and cancellation ----------------------------------------------------
+# -- through the gateway ----------------------------------------------------------------
 
 
-async def test_mid_stream_drop_raises_after_the_chunks_without_repeating() -> None:
-    async with mock_gemini() as server, open_runner(server) as runner:
-        server.drop_after(2)
-        texts: list[str] = []
-        with pytest.raises((NetworkError, MalformedStreamError)):
-            async with runner.execute(batch("hello big world", stream=True)) as stream:
-                async for chunk in stream:
-                    texts.append(chunk.text_delta)
-    assert texts == ["Echo:", " hello"]
-    assert len(server.requests) == 1
-
-
-async def test_leaving_the_stream_closes_the_upstream_response() -> None:
-    async with mock_gemini() as server, open_runner(server) as runner:
-        server.stall_after(1)
-        async with runner.execute(batch(stream=True)) as stream:
-            async for _ in stream:
-                break
-        with trio.fail_after(5):
-            await server.wait_for_aborted_streams(1)
-        assert runner.engine.statistics().in_flight == 0
-    assert server.aborted_streams == 1
+async def test_blocked_prompt_is_a_400_content_filter_at_the_gateway() -> None:
+    async with mock_gemini() as server, ADAPTER.gateway(server) as http:
+        body = {"model": "contract", "messages": [{"role": "user", "content": "FORBIDDEN"}]}
+        resp = await http.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "content_filter"
 
 
 # -- the plugin -------------------------------------------------------------------------

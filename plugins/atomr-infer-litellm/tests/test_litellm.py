@@ -25,6 +25,7 @@ from atomr_infer_litellm import LiteLLMRunner
 from atomr_infer_litellm._plugin import register_runtimes
 from atomr_infer_openai import OpenAIRunner
 from atomr_infer_testkit import mock_openai
+from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite
 
 
 def _plugin() -> RuntimePlugin:
@@ -32,6 +33,23 @@ def _plugin() -> RuntimePlugin:
     register_runtimes(found.append)
     (plugin,) = found
     return plugin
+
+
+@pytest.fixture
+def runner_contract() -> ContractAdapter:
+    # a LiteLLM proxy speaks OpenAI's wire, so the mock OpenAI server stands in for it
+    return ContractAdapter(
+        plugin=_plugin(),
+        runtime_config=lambda server: {"base_url": f"{server.url}/v1", "api_key": "sk-litellm"},
+        model="litellm/claude-sonnet",
+        serve=mock_openai,
+        frames_before_text=1,  # the role chunk
+        input_tokens=4,
+    )
+
+
+class TestLiteLLMRunnerContract(RunnerContractSuite):
+    """429, 5xx, 401, broken streams, cancellation, usage and tools: the shared scenarios."""
 
 
 def _chat(**kw: Any) -> ExecuteBatch:

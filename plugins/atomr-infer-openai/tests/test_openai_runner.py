@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,6 +35,7 @@ from atomr_infer_core.errors import (
 from atomr_infer_openai import OpenAIConfig, OpenAIRunner
 from atomr_infer_openai._plugin import register_runtimes
 from atomr_infer_testkit import MockOpenAIServer, mock_openai
+from atomr_infer_testkit.contract import ContractAdapter, RunnerContractSuite
 
 
 def _plugin() -> RuntimePlugin:
@@ -60,6 +60,22 @@ async def _runner(
         await nursery.start(runner.run)
         yield runner  # type: ignore[misc]
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def runner_contract() -> ContractAdapter:
+    return ContractAdapter(
+        plugin=_plugin(),
+        runtime_config=lambda server: {"base_url": f"{server.url}/v1", "api_key": "sk-mock"},
+        model="gpt-4o-mini",
+        serve=mock_openai,
+        frames_before_text=1,  # the role chunk
+        input_tokens=4,
+    )
+
+
+class TestOpenAIRunnerContract(RunnerContractSuite):
+    """429, 5xx, 401, broken streams, cancellation, usage and tools: the shared scenarios."""
 
 
 def _chat(text: str = "hello world", **kw: Any) -> ExecuteBatch:
@@ -122,18 +138,6 @@ async def test_n_choices_and_length_finish(stream: bool) -> None:
         _, tokens = await _run(runner, batch)
     assert [c.text for c in tokens.choices] == ["Echo: a b", "Echo #1: a"]  # three words each
     assert [c.finish_reason for c in tokens.choices] == [FinishReason.LENGTH] * 2
-
-
-@pytest.mark.parametrize("stream", [False, True])
-async def test_tool_calls_are_merged(stream: bool) -> None:
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
-    async with mock_openai() as server, _runner(server) as runner:
-        _, tokens = await _run(runner, _chat("find cats", tools=tools, stream=stream))
-    (call,) = tokens.choices[0].tool_calls
-    assert call["id"] == "call_0"
-    assert call["function"]["name"] == "lookup"
-    assert json.loads(call["function"]["arguments"]) == {"input": "find cats"}
-    assert tokens.finish_reason is FinishReason.TOOL_CALLS
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -242,7 +242,14 @@ class MockProviderServer:
 
     @property
     def pending_faults(self) -> int:
+        """How many queued faults no request has taken yet."""
         return len(self._faults)
+
+    def clear_faults(self) -> int:
+        """Forget the queued faults (requests already recorded stay); returns how many."""
+        dropped = len(self._faults)
+        self._faults.clear()
+        return dropped
 
     # -- control routes -----------------------------------------------------------------
     async def _control_faults(self, request: RecordedRequest) -> Reply:
@@ -288,7 +295,7 @@ class MockProviderServer:
         return JSONReply(body={"count": len(seen), "requests": recent})
 
     async def _control_reset(self, request: RecordedRequest) -> Reply:
-        self._faults.clear()
+        self.clear_faults()
         self.requests.clear()
         return JSONReply(body={"queued": 0})
 

@@ -32,6 +32,16 @@ async def test_faults_posted_over_http_are_served_in_order() -> None:
     assert third.json()["choices"][0]["message"]["content"] == "Echo: hi there"
 
 
+async def test_clear_faults_forgets_the_queue_and_keeps_the_record() -> None:
+    async with mock_openai() as server, httpx.AsyncClient(base_url=server.url) as client:
+        server.inject_5xx(3)
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 503
+        assert server.clear_faults() == 2
+        assert server.pending_faults == 0
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+    assert len(server.requests) == 2
+
+
 async def test_a_stream_fault_posted_over_http_cuts_the_stream() -> None:
     async with mock_openai() as server, httpx.AsyncClient(base_url=server.url) as client:
         await client.post("/_mock/faults", json={"fault": "drop_after", "chunks": 2})
