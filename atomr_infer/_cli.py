@@ -254,33 +254,30 @@ def _plugins() -> int:
     return 0
 
 
-def _resolve(config: Any, registry: Any) -> list[tuple[str, str]]:
-    """Every deployment's runtime and runtime_config, as (path, problem) pairs."""
-    from atomr_infer_core import ConfigError
+def _startup_problems(
+    config: Any, problems: list[tuple[str, str]], registry: Any, host: str | None = None
+) -> list[tuple[str, str]]:
+    """``problems`` plus what ``serve`` would refuse at start-up, each path once."""
+    from atomr_infer_runtimes._preflight import deployment_problems, gateway_problems
 
-    problems: list[tuple[str, str]] = []
-    for i, dep in enumerate(config.deployments):
-        path = f"deployment[{i}]"
-        try:
-            plugin = registry.runtime_for(dep, path=path)
-            plugin.structure_config(dep.runtime_config, path=f"{path}.runtime_config")
-        except ConfigError as exc:
-            # core's structure() joins a nested path with an extra dot ("x..y")
-            problems.extend((p.replace("..", "."), m) for p, m in exc.problems)
+    if config is None:
+        return problems
+    seen = {path for path, _ in problems}
+    for path, message in deployment_problems(config, registry) + gateway_problems(config, host):
+        if path not in seen:
+            seen.add(path)
+            problems.append((path, message))
     return problems
 
 
 def _check(path: str) -> int:
     from atomr_infer_core import ConfigError
-    from atomr_infer_core.config import load_config
+    from atomr_infer_core.config import check_config
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"{path}: invalid\n{exc}", file=sys.stderr)
-        return 1
+    # plugins first: their model patterns (mock-*) steer runtime inference while loading
     registry = _registry()
-    problems = _resolve(config, registry)
+    config, problems = check_config(path)
+    problems = _startup_problems(config, problems, registry)
     if problems:
         print(f"{path}: invalid\n{ConfigError(problems)}", file=sys.stderr)
         return 1
@@ -306,11 +303,11 @@ def _check(path: str) -> int:
 # ---------------------------------------------------------------- serve
 
 
-def _default_config() -> Any:
+def _default_config(registry: Any) -> Any:
     from atomr_infer_core import Config
 
     deployments = []
-    for runtime in _registry().runtimes.values():
+    for runtime in registry.runtimes.values():
         deployments.extend(runtime.default_deployments)
     if not deployments:
         return None
@@ -407,27 +404,27 @@ def _serve(args: argparse.Namespace) -> int:
     import trio
 
     from atomr_infer_core import ConfigError
-    from atomr_infer_core.config import load_config
+    from atomr_infer_core.config import check_config
     from atomr_infer_runtimes._logging import configure_logging
 
-    try:
-        config = load_config(args.config) if args.config else _default_config()
-    except ConfigError as exc:
-        print(f"{args.config}: invalid\n{exc}", file=sys.stderr)
-        return 1
-    if config is None:
-        print(NO_LOCAL_RUNTIME, file=sys.stderr)
+    registry = _registry()
+    if args.config:
+        config, problems = check_config(args.config)
+    else:
+        config, problems = _default_config(registry), []
+        if config is None:
+            print(NO_LOCAL_RUNTIME, file=sys.stderr)
+            return 1
+    # every permanent problem at once, before anything starts (as `check` reports them)
+    problems = _startup_problems(config, problems, registry, args.host)
+    if problems:
+        print(
+            f"{args.config or 'atomr-infer serve'}: invalid\n{ConfigError(problems)}",
+            file=sys.stderr,
+        )
         return 1
     configure_logging(args.log_level, args.log_format or config.cluster.log_format.value)
-    from atomr_infer_runtimes.gateway import check_bind_allowed
-
-    settings = config.cluster
     try:
-        check_bind_allowed(
-            settings.host if args.host is None else args.host,
-            keys=settings.api_keys,
-            allow_unauthenticated=settings.allow_unauthenticated,
-        )
         if args.workers != 1:
             from ._workers import serve_workers
 

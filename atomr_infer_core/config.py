@@ -43,6 +43,7 @@ from .errors import ConfigError
 
 __all__ = [
     "ConfigError",
+    "check_config",
     "config_schema",
     "converter",
     "load_config",
@@ -440,6 +441,23 @@ def load_config(
     Raises:
         ConfigError: listing every problem, each with its key path.
     """
+    config, problems = check_config(source, env=env)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def check_config(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Config | None, list[tuple[str, str]]]:
+    """Like :func:`load_config`, but return ``(config, problems)`` instead of raising.
+
+    ``config`` is the structured value whenever the file's shape allows one (also when
+    there are semantic problems, such as an unset ``${VAR}``), so a caller can check
+    more on it and report every problem in one go; ``None`` when it does not.
+    """
     env = os.environ if env is None else env
     if isinstance(source, Mapping):
         data: Mapping[str, Any] = source
@@ -448,24 +466,23 @@ def load_config(
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError([("", f"cannot read {path}: {exc.strerror}")]) from None
+            return None, [("", f"cannot read {path}: {exc.strerror}")]
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([("", f"{path} is not valid TOML: {exc}")]) from None
+            return None, [("", f"{path} is not valid TOML: {exc}")]
     prepared, problems = _prepare(data, env)
     try:
         config = structure(prepared, Config)
     except ConfigError as exc:
-        raise ConfigError([*problems, *exc.problems]) from None
+        return None, [*problems, *exc.problems]
     problems += _semantic_problems(config)
-    if problems:
-        raise ConfigError(problems)
     ledger = config.state.spend_ledger
     if ledger and not isinstance(source, Mapping) and not Path(ledger).is_absolute():
+        # relative to the project file, not to wherever the gateway was started
         resolved = str(Path(source).resolve().parent / ledger)
         config = attrs.evolve(config, state=attrs.evolve(config.state, spend_ledger=resolved))
-    return config
+    return config, problems
 
 
 def structure_deployment(

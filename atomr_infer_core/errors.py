@@ -45,6 +45,7 @@ __all__ = [
     "ConfigError",
     "ContentFilteredError",
     "ContextLengthExceededError",
+    "DeploymentFailedError",
     "DrainingError",
     "ForbiddenError",
     "InferenceError",
@@ -59,6 +60,7 @@ __all__ = [
     "RuntimeNotInstalledError",
     "ServerError",
     "SessionPoisonedError",
+    "ShuttingDownError",
     "StateUnavailableError",
     "UnauthorizedError",
     "UnsupportedParameterError",
@@ -195,6 +197,25 @@ class DrainingError(CapacityExhaustedError):
 
     kind = "draining"
     code = "draining"
+
+
+class ShuttingDownError(DrainingError):
+    """The gateway is shutting down and its ``shutdown_grace`` ran out for this request
+    (a stream cut by it ends with this error as its last event)."""
+
+    kind = "shutting_down"
+    code = "shutting_down"
+
+
+class DeploymentFailedError(CapacityExhaustedError):
+    """The deployment is ``failed`` (past its restart intensity, or it could not start).
+
+    Permanent until it is deployed again: a retry cannot fix it (``x-should-retry:
+    false``); a fallback may still serve the request.
+    """
+
+    kind = "deployment_failed"
+    code = "deployment_failed"
 
 
 class ContentFilteredError(InferenceError):

@@ -26,6 +26,7 @@ from ._engine import (
 )
 from ._http import (
     HttpClientOptions as HttpClientOptions,
+    encode_json_body as encode_json_body,
     map_http_errors as map_http_errors,
     open_http_client as open_http_client,
     redacted_url as redacted_url,
@@ -54,6 +55,7 @@ from ._session import (
     RemoteSession as RemoteSession,
     SessionSnapshot as SessionSnapshot,
     StaticCredential as StaticCredential,
+    credential_problem as credential_problem,
     open_remote_session as open_remote_session,
 )
 from ._sse import SSEDecoder as SSEDecoder, SSEEvent as SSEEvent, aiter_sse as aiter_sse
@@ -106,6 +108,8 @@ __all__: list[str] = [
     "aiter_sse",
     "classify_http_status",
     "compute_backoff",
+    "credential_problem",
+    "encode_json_body",
     "error_message",
     "map_http_errors",
     "open_http_client",

@@ -29,6 +29,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -48,12 +49,15 @@ from atomr_infer_core import (
     TokenUsage,
 )
 from atomr_infer_core.errors import (
+    BadRequestError,
     CapacityExhaustedError,
     DrainingError,
     InferenceError,
+    InternalError,
     MalformedStreamError,
     RateLimitedError,
     RequestTimeoutError,
+    SessionPoisonedError,
     UnauthorizedError,
 )
 
@@ -80,6 +84,11 @@ _CHANNEL_SIZE = 32
 #: for the request rather than a crash of the replica
 _UNTRUSTED_SHAPE = (ValueError, KeyError, IndexError, TypeError, AttributeError)
 _CLOSE_GRACE = 1.0
+#: what a provider's ``build_request`` raises for content it cannot map (a value of
+#: the wrong shape or one JSON cannot carry): that request's fault, a 400 for it alone
+_UNBUILDABLE = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
+
+log = logging.getLogger("atomr_infer.remote.engine")
 
 
 # -- the provider protocol ------------------------------------------------------------
@@ -296,6 +305,8 @@ class RemoteEngine:
         )
         self._session: RemoteSession | None = None
         self._requests: set[_Request] = set()
+        #: running requests whose worker was stopped before answering
+        self._stranded: list[_Request] = []
         self._queued = 0
         self._in_flight = 0
         self._completed = 0
@@ -338,16 +349,37 @@ class RemoteEngine:
             self._credentials, self._http_options, base_url=self._base_url
         ) as session:
             self._session = session
+            stopped: InferenceError | None = None
             try:
                 async with trio.open_nursery() as nursery:
                     for _ in range(self.deployment.serving.max_concurrent):
                         nursery.start_soon(self._worker)
                     task_status.started()
+            except BaseException as exc:
+                cause = _crash_cause(exc)
+                if cause is not None:
+                    stopped = SessionPoisonedError(
+                        f"{self.deployment.name}: the runner crashed ({type(cause).__name__}: "
+                        f"{cause}); it restarts with backoff"
+                    )
+                raise
             finally:
                 self._session = None
-                for request in list(self._requests):
-                    if request.state == "queued":
-                        request.send.close()
+                self._fail_stranded(stopped)
+
+    def _fail_stranded(self, error: InferenceError | None) -> None:
+        """Fail what the stopped workers left: the cause when the runner crashed, else
+        the caller sees the end of its channel (``DrainingError``)."""
+        stranded, self._stranded = self._stranded, []
+        queued = [r for r in self._requests if r.state == "queued"]
+        for request in [*stranded, *queued]:
+            if error is not None:
+                self._count_failure(error.kind)
+                try:
+                    request.send.send_nowait(_Failure(error))
+                except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass
+            request.send.close()
 
     async def rebuild_session(self, cause: SessionRebuildCause) -> None:
         """Rebuild the credential (and the HTTP client unless ``cause`` is an auth failure).
@@ -434,31 +466,59 @@ class RemoteEngine:
     async def _worker(self) -> None:
         while True:
             request: _Request = await self._queue.get()
+            if request.state != "queued":
+                # its caller left while the queue handed it over (``get`` checkpoints
+                # after taking it): already failed, closed and uncounted by ``_abandon``
+                continue
             self._queued -= 1
             request.state = "running"
             self._in_flight += 1
+            answered = False
             try:
                 with trio.CancelScope() as scope:
                     request.scope = scope
                     await self._serve(request)
+                answered = True
             finally:
                 self._in_flight -= 1
                 request.state = "done"
-                request.send.close()
+                if answered:
+                    request.send.close()
+                else:  # the engine is stopping: run() fails it with the reason
+                    self._stranded.append(request)
                 request.done.set()
 
     async def _serve(self, request: _Request) -> None:
         try:
             await self._attempts(request)
         except InferenceError as error:
-            error.deployment = error.deployment or self.deployment.name
-            self._count_failure(error.kind)
-            await _put(request, _Failure(error))
+            await self._fail(request, error)
+            return
+        except Exception as exc:
+            # a bug met while serving this one request: it fails alone (500, traceback
+            # in the log); the worker slot and every other request carry on
+            log.exception(
+                "%s: request %s failed with an unexpected error",
+                self.deployment.name,
+                request.batch.request_id,
+            )
+            await self._fail(
+                request,
+                InternalError(
+                    f"internal error while serving request {request.batch.request_id} on "
+                    f"{self.deployment.name!r}: {type(exc).__name__}; see the gateway log"
+                ),
+            )
             return
         self._completed += 1
         # without a checkpoint when there is room: the worker is done (``request.done``
         # set) before the caller wakes, so the caller's exit does not wait for it
         await _put(request, _END)
+
+    async def _fail(self, request: _Request, error: InferenceError) -> None:
+        error.deployment = error.deployment or self.deployment.name
+        self._count_failure(error.kind)
+        await _put(request, _Failure(error))
 
     def _count_failure(self, kind: str) -> None:
         self._failed[kind] = self._failed.get(kind, 0) + 1
@@ -558,7 +618,7 @@ class RemoteEngine:
         credential: Secret | None,
         traceparent: str | None = None,
     ) -> None:
-        wire = self.provider.build_request(request.batch, credential)
+        wire = self._build_request(request.batch, credential)
         headers = wire.headers
         traceparent = traceparent or request.batch.traceparent
         if traceparent is not None:
@@ -581,6 +641,17 @@ class RemoteEngine:
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
                     await response.aclose()
+
+    def _build_request(self, batch: ExecuteBatch, credential: Secret | None) -> ProviderRequest:
+        try:
+            return self.provider.build_request(batch, credential)
+        except InferenceError:
+            raise
+        except _UNBUILDABLE as exc:
+            raise BadRequestError(
+                f"{self.provider.name}: the request cannot be sent to this provider "
+                f"({type(exc).__name__}: {str(exc)[:200]})"
+            ) from exc
 
     async def _consume(self, request: _Request, response: httpx.Response | LeanResponse) -> None:
         reads = response.aiter_bytes()
@@ -671,12 +742,30 @@ class RemoteEngine:
         await _put(request, chunk)
 
 
+def _crash_cause(exc: BaseException) -> BaseException | None:
+    """The first exception in ``exc`` (a group, maybe nested) that is not a cancellation."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            cause = _crash_cause(inner)
+            if cause is not None:
+                return cause
+        return None
+    return None if isinstance(exc, trio.Cancelled) else exc
+
+
 async def _put(request: _Request, item: Any) -> None:
-    """Hand ``item`` to the caller; waits (a checkpoint) only when its channel is full."""
+    """Hand ``item`` to the caller; waits (a checkpoint) only when its channel is full.
+
+    A caller that is gone (its channel closed) is nobody to tell: the item is dropped,
+    never raised into the worker (which would take the replica down with it).
+    """
     try:
-        request.send.send_nowait(item)
-    except trio.WouldBlock:
-        await request.send.send(item)
+        try:
+            request.send.send_nowait(item)
+        except trio.WouldBlock:
+            await request.send.send(item)
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
+        pass
 
 
 async def _drain_buffered(reads: AsyncIterator[bytes]) -> None:

@@ -22,11 +22,12 @@ import attrs
 import httpx
 
 from atomr_infer_core import DISTRIBUTION, Timeouts, __version__
-from atomr_infer_core.errors import NetworkError, RequestTimeoutError
+from atomr_infer_core.errors import BadRequestError, NetworkError, RequestTimeoutError
 
 __all__ = [
     "HttpClientOptions",
     "LeanResponse",
+    "encode_json_body",
     "map_http_errors",
     "open_http_client",
     "redacted_url",
@@ -272,6 +273,25 @@ async def _with_request(
             yield part
 
 
+def encode_json_body(value: Any) -> bytes:
+    """``value`` as a compact UTF-8 JSON request body.
+
+    Raises:
+        BadRequestError: ``value`` holds something JSON cannot carry (NaN, infinity, a
+            lone surrogate, nesting past the interpreter's limit, a non-JSON type): the
+            request's content is at fault, so it fails alone, before anything is sent.
+    """
+    try:
+        return _json.dumps(
+            value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+    except (ValueError, TypeError, UnicodeEncodeError, RecursionError) as exc:
+        raise BadRequestError(
+            f"the request cannot be encoded for the upstream ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); send finite numbers and valid Unicode text"
+        ) from None
+
+
 async def send_streaming(
     client: httpx.AsyncClient,
     method: str,
@@ -288,10 +308,16 @@ async def send_streaming(
     must ``aclose()`` the response.
     """
     timeout = {"connect": connect_timeout, "read": None, "write": None, "pool": None}
+    body = b"" if json is None else encode_json_body(json)
     lean = _lean_for(client)
     if lean is None:
+        content_headers = {"content-type": "application/json"} if json is not None else {}
         request = client.build_request(
-            method, url, headers=headers, json=json, timeout=httpx.Timeout(**timeout)
+            method,
+            url,
+            headers={**content_headers, **headers},
+            content=body if json is not None else None,
+            timeout=httpx.Timeout(**timeout),
         )
         return await client.send(request, stream=True)
     cached = lean.urls.get(url)
@@ -308,11 +334,6 @@ async def send_streaming(
         if len(lean.urls) < _URL_CACHE_SIZE:
             lean.urls[url] = cached
     merged, core_url, host = cached
-    body = b""
-    if json is not None:
-        body = _json.dumps(
-            json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode()
     given = {name.lower().encode("ascii"): value for name, value in headers.items()}
     raw: list[tuple[bytes, bytes]] = [(b"Host", host)]
     for name, value in lean.default_headers:

@@ -35,8 +35,20 @@ __all__ = [
     "RemoteSession",
     "SessionSnapshot",
     "StaticCredential",
+    "credential_problem",
     "open_remote_session",
 ]
+
+
+def credential_problem(provider: object) -> str | None:
+    """Why ``provider`` cannot yield a credential now, when that can be known without
+    I/O beyond a file read (an unset variable, a missing file); ``None`` otherwise.
+
+    Providers opt in with a ``problem()`` method; the start-up checks of ``check`` and
+    ``serve`` call this so a permanent problem is reported before anything serves.
+    """
+    problem = getattr(provider, "problem", None)
+    return problem() if callable(problem) else None
 
 
 @runtime_checkable
@@ -60,6 +72,11 @@ class StaticCredential:
     async def credential(self) -> Secret | None:
         return self.secret
 
+    def problem(self) -> str | None:
+        if self.secret is not None and not self.secret.reveal().strip():
+            return "the credential is empty (an unset ${VAR}?)"
+        return None
+
 
 @attrs.frozen
 class EnvCredential:
@@ -70,13 +87,18 @@ class EnvCredential:
     alternative: str = "runtime_config.api_key"
 
     async def credential(self) -> Secret | None:
-        value = os.environ.get(self.variable, "").strip()
-        if not value:
-            raise UnauthorizedError(
+        problem = self.problem()
+        if problem is not None:
+            raise UnauthorizedError(problem)
+        return Secret(os.environ[self.variable].strip())
+
+    def problem(self) -> str | None:
+        if not os.environ.get(self.variable, "").strip():
+            return (
                 f"environment variable {self.variable} is not set: export it, or set "
                 f"{self.alternative} in the deployment"
             )
-        return Secret(value)
+        return None
 
 
 @attrs.frozen
@@ -96,6 +118,13 @@ class FileCredential:
         if not text.strip():
             raise UnauthorizedError(f"the credential file {self.path} is empty")
         return Secret(text.strip())
+
+    def problem(self) -> str | None:
+        try:
+            text = self.path.read_text()
+        except OSError as exc:
+            return f"cannot read the credential file {self.path} ({exc.strerror})"
+        return None if text.strip() else f"the credential file {self.path} is empty"
 
 
 @attrs.frozen

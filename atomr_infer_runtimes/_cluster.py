@@ -49,10 +49,10 @@ from atomr_infer_core import (
 from atomr_infer_core.config import load_config
 from atomr_infer_core.errors import (
     BadRequestError,
-    CapacityExhaustedError,
     ConfigError,
     ContentFilteredError,
     ContextLengthExceededError,
+    DeploymentFailedError,
     DrainingError,
     InferenceError,
     InternalError,
@@ -63,9 +63,11 @@ from atomr_infer_core.errors import (
 )
 
 from ._admission import Ticket
+from ._content import text_problem
 from ._deployments import DeploymentRuntime, DeploymentState, DeploymentStatus, ReplicaSlot
 from ._metrics import BREAKER_STATE_VALUES, ClusterMetrics
 from ._plugins import PluginRegistry
+from ._preflight import credential_problems
 from ._rotation import RotationResult, rotate_credentials
 from ._routing import fallback_chain, resolve_deployment
 from ._supervisor import RestartPolicy
@@ -124,6 +126,8 @@ class _Attempt:
         self.scope = trio.CancelScope(deadline=deadline)
         self.error: InferenceError | None = None
         self.replica: ReplicaSlot | None = None
+        #: the replica's crash log already counted this attempt as failed
+        self.crash_counted = False
 
     def abort(self, error: InferenceError) -> None:
         """Fail this attempt with ``error`` (replica crashed, deployment stopped)."""
@@ -167,6 +171,9 @@ class Execution:
         self._first_at = 0.0
         self._phase = "queue"
         self._entered = False
+        #: the deployment the request was last routed to (metrics label before output)
+        self._routed: str | None = None
+        self._recorded = False
         #: the current attempt reached a runner (a non-idempotent one must not be re-sent)
         self._dispatched = False
         #: tracing (None when telemetry is off): the request's trace, the live attempt span
@@ -190,16 +197,18 @@ class Execution:
         try:
             return await self._enter()
         except BaseException as exc:
-            self._end_trace(exc)
+            # no output: the request ends here, counted once with how it ended (a client
+            # that left first is "cancelled": the gateway's 499)
+            self._record(exc)  # ends the trace too
             raise
 
     async def _enter(self) -> Execution:
         cluster = self._cluster
-        try:
-            primary = cluster._runtime(cluster.route(self.batch.model))
-        except InferenceError as exc:
-            cluster._count_error(self.batch.model, exc, known=False)
-            raise
+        problem = text_problem(self.batch)
+        if problem is not None:
+            raise problem
+        primary = cluster._runtime(cluster.route(self.batch.model))
+        self._routed = primary.name
         deadline = self.batch.deadline
         if deadline is None:
             deadline = self._arrival + primary.deployment.timeouts.request_timeout
@@ -209,6 +218,7 @@ class Execution:
             runtime = cluster._deployments.get(name)
             if runtime is None:
                 continue
+            self._routed = name
             try:
                 self._position = position
                 await self._start_on(runtime, deadline)
@@ -217,7 +227,6 @@ class Execution:
                 if exc.deployment is None:
                     exc.deployment = name
                 last = exc
-                cluster._count_error(name, exc)
                 if not self._may_fall_back(exc, runtime, deadline) or position == len(chain) - 1:
                     raise
                 cluster.metrics.fallbacks.labels(name, exc.kind).inc()
@@ -286,7 +295,7 @@ class Execution:
                 )
             attempt.replica = replica
             runtime.dispatched(replica, attempt)
-            stack.callback(runtime.finished, replica, attempt)
+            stack.push(_on_leave(runtime, replica, attempt))
             self._phase = "first_byte"
             self._dispatched = True
             batch = attrs.evolve(
@@ -378,7 +387,7 @@ class Execution:
         while runtime.state is DeploymentState.PENDING:
             await runtime.wait_changed()
         if runtime.state is DeploymentState.FAILED:
-            raise CapacityExhaustedError(
+            raise DeploymentFailedError(
                 f"deployment {runtime.name!r} has failed ({runtime.reason}); fix it and "
                 "deploy it again"
             )
@@ -509,8 +518,12 @@ class Execution:
         return None
 
     def _record(self, error: BaseException | None) -> None:
+        """Count the request, once, with its outcome (ok, error kind, cancelled)."""
+        if self._recorded:
+            return
+        self._recorded = True
         cluster = self._cluster
-        name = self.deployment or "?"
+        name = self.deployment or self._routed or "?"
         bound = cluster.metrics.of(name)
         if error is None:
             now = trio.current_time()
@@ -521,7 +534,8 @@ class Execution:
                 bound.tpot.observe((now - self._first_at) / (produced - 1))
         elif isinstance(error, InferenceError):
             cluster.metrics.requests.labels(name, "error", error.kind).inc()
-            self._log.warning("failed after output began: %s: %s", error.kind, error.message)
+            if self.deployment is not None:
+                self._log.warning("failed after output began: %s: %s", error.kind, error.message)
         elif _only_cancelled(error):
             cluster.metrics.requests.labels(name, "cancelled", "").inc()
         else:
@@ -533,6 +547,15 @@ class Execution:
             bound.cost.inc(self.cost_usd)
         if self._trace is not None:
             self._end_trace(error)
+
+
+def _on_leave(runtime: DeploymentRuntime, replica: ReplicaSlot, attempt: _Attempt) -> Any:
+    """An exit callback telling the deployment the attempt left, and with what error."""
+
+    def leave(_type: Any, error: BaseException | None, _tb: Any) -> None:
+        runtime.finished(replica, attempt, attempt.error or error)
+
+    return leave
 
 
 async def _first_chunk(iterator: AsyncIterator[TokenChunk]) -> TokenChunk | None:
@@ -743,6 +766,9 @@ class Cluster:
             raise ConfigError(problems)
         plugin = self.plugins.runtime_for(deployment, path=path)
         config = plugin.structure_config(deployment.runtime_config, path=f"{path}.runtime_config")
+        problems = credential_problems(config, path)
+        if problems:
+            raise ConfigError(problems)
         return plugin, config
 
     async def deploy(self, deployment: Deployment, *, _path: str | None = None) -> DeploymentStatus:
@@ -825,10 +851,6 @@ class Cluster:
             deployments=deployments,
             state_scope=getattr(self.state, "scope", "process"),
         )
-
-    def _count_error(self, name: str, exc: InferenceError, *, known: bool = True) -> None:
-        label = name if known else "?"
-        self.metrics.requests.labels(label, "error", exc.kind).inc()
 
     def _refresh_gauges(self) -> None:
         stats = getattr(self.state, "stats", None)
@@ -930,13 +952,14 @@ async def open_cluster(
         RuntimeNotInstalledError / ConfigError before anything starts, naming every
         deployment whose runtime is missing or whose ``runtime_config`` is invalid.
     """
-    cfg = _coerce_config(config)
     registry = PluginRegistry()
     try:
         if load_entry_points:
             registry.load_entry_points()
         for plugin in plugins:
             registry.add(plugin)
+        # after the plugins: their model patterns steer runtime inference in a TOML file
+        cfg = _coerce_config(config)
         _check_all(cfg, registry)
         owned = telemetry is None
         if owned:
@@ -967,16 +990,22 @@ async def open_cluster(
 
 
 def _check_all(config: Config, registry: PluginRegistry) -> None:
-    """Every deployment's runtime is installed and its runtime_config valid; else raise
-    the one error, or a ConfigError listing all of them."""
+    """Every deployment's runtime is installed, its runtime_config valid and its
+    credential at hand; else raise the one error, or a ConfigError listing all of them."""
     errors: list[ConfigError] = []
     for index, deployment in enumerate(config.deployments):
         path = f"deployment[{index}]"
         try:
             plugin = registry.runtime_for(deployment, path=path)
-            plugin.structure_config(deployment.runtime_config, path=f"{path}.runtime_config")
+            runtime_config = plugin.structure_config(
+                deployment.runtime_config, path=f"{path}.runtime_config"
+            )
         except ConfigError as exc:
             errors.append(exc)
+            continue
+        problems = credential_problems(runtime_config, path)
+        if problems:
+            errors.append(ConfigError(problems))
     if len(errors) == 1:
         raise errors[0]
     if errors:

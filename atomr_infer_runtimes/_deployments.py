@@ -37,7 +37,7 @@ from ._admission import Admission
 from ._budget import BudgetGuard
 from ._metrics import ClusterMetrics
 from ._routing import PrefixOwners, cache_aware, least_outstanding, prefix_keys
-from ._supervisor import ChildState, RestartPolicy, SupervisedChild, Supervisor
+from ._supervisor import ChildState, RestartPolicy, SupervisedChild, Supervisor, describe_crash
 
 __all__ = [
     "DeploymentRuntime",
@@ -110,6 +110,9 @@ class ReplicaSlot:
     restarts: int = 0
     child: SupervisedChild | None = None
     inflight: set[Any] = attrs.Factory(set)
+    #: attempts the runner failed itself (SessionPoisonedError) since its last answer
+    #: or crash: what a crash log adds to the attempts still in flight
+    crash_casualties: int = 0
 
 
 def build_runner(
@@ -235,7 +238,16 @@ class DeploymentRuntime:
         replica.inflight.add(attempt)
         self.metrics.of(self.name).in_flight.set(self.outstanding)
 
-    def finished(self, replica: ReplicaSlot, attempt: Any) -> None:
+    def finished(
+        self, replica: ReplicaSlot, attempt: Any, error: BaseException | None = None
+    ) -> None:
+        """An attempt left ``replica`` (``error``: what it ended with, if it failed)."""
+        if error is None:
+            replica.crash_casualties = 0  # the session answered: earlier failures are past
+        elif isinstance(error, SessionPoisonedError) and not getattr(
+            attempt, "crash_counted", False
+        ):
+            replica.crash_casualties += 1
         replica.outstanding -= 1
         replica.inflight.discard(attempt)
         self.metrics.of(self.name).in_flight.set(self.outstanding)
@@ -319,19 +331,25 @@ class DeploymentRuntime:
                 self.prefix_owners.forget(replica.index)
             replica.restarts = child.restarts
             self.metrics.restarts.labels(self.name).inc()
+            cause = describe_crash(error)
+            # the runner may have failed its requests itself while it unwound (those
+            # attempts already left); the rest are failed here
+            failed = replica.crash_casualties + len(replica.inflight)
+            replica.crash_casualties = 0
+            for attempt in replica.inflight:
+                attempt.crash_counted = True
             log.warning(
-                "deployment %s: replica %d crashed (%s: %s); failing %d in-flight requests",
+                "deployment %s: replica %d crashed (%s); %d in-flight requests failed",
                 self.name,
                 replica.index,
-                type(error).__name__,
-                error,
-                len(replica.inflight),
+                cause,
+                failed,
             )
             self._abort_inflight(
                 replica,
                 SessionPoisonedError(
                     f"replica {replica.index} of deployment {self.name!r} crashed "
-                    f"({type(error).__name__}: {error}); it restarts with backoff"
+                    f"({cause}); it restarts with backoff"
                 ),
             )
             self.notify()
@@ -361,7 +379,7 @@ class DeploymentRuntime:
                 replica.restarts = child.restarts
         self._fail(
             f"{child.name} exceeded its restart intensity ({self.policy.max_restarts} restarts "
-            f"within {self.policy.period:g}s); last error: {type(error).__name__}: {error}"
+            f"within {self.policy.period:g}s); last error: {describe_crash(error)}"
         )
 
     def _fail(self, reason: str) -> None:

@@ -19,9 +19,29 @@ from typing import Any
 import attrs
 import trio
 
-__all__ = ["ChildState", "RestartPolicy", "SupervisedChild", "Supervisor"]
+__all__ = ["ChildState", "RestartPolicy", "SupervisedChild", "Supervisor", "describe_crash"]
 
 log = logging.getLogger("atomr_infer.supervisor")
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first leaf of ``exc`` that is not a cancellation (``exc`` itself if none).
+
+    A child's error usually arrives wrapped in a nursery's ExceptionGroup, whose own
+    message ("Exceptions from Trio nursery") says nothing about what went wrong.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            cause = root_cause(inner)
+            if not isinstance(cause, trio.Cancelled | BaseExceptionGroup):
+                return cause
+    return exc
+
+
+def describe_crash(exc: BaseException) -> str:
+    """``Type: message`` of the root cause of a crash, for logs and errors."""
+    cause = root_cause(exc)
+    return f"{type(cause).__name__}: {cause}"
 
 
 class ChildState(str, enum.Enum):
@@ -182,11 +202,10 @@ class Supervisor:
                     child.state = ChildState.RESTARTING
                     delay = self.policy.backoff(len(child.restart_times))
                     log.warning(
-                        "%s: child %s crashed (%s: %s); restart %d in %.3fs",
+                        "%s: child %s crashed (%s); restart %d in %.3fs",
                         self.name,
                         child.name,
-                        type(error).__name__,
-                        error,
+                        describe_crash(error),
                         child.restarts,
                         delay,
                     )
@@ -229,13 +248,12 @@ class Supervisor:
         child.state = ChildState.FAILED
         log.error(
             "%s: child %s exceeded its restart intensity (%d restarts within %gs); "
-            "marked failed: %s: %s",
+            "marked failed: %s",
             self.name,
             child.name,
             self.policy.max_restarts,
             self.policy.period,
-            type(error).__name__,
-            error,
+            describe_crash(error),
         )
         if self._on_escalate is not None:
             self._on_escalate(child, error)

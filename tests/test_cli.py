@@ -252,3 +252,140 @@ def test_serve_reports_an_invalid_runtime_config_without_a_traceback(tmp_path: P
     assert result.returncode == 1
     assert "runtime_config.chunk_delay" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- start-up problems, at once
+
+EVERYTHING_WRONG = """
+[cluster]
+name = "t"
+bind = "0.0.0.0:0"
+
+[[deployment]]
+name = "chat"
+model = "gpt-4o-mini"
+runtime = "openai"
+[deployment.runtime_config]
+api_key = "${ATOMR_TEST_UNSET_KEY}"
+
+[[deployment]]
+name = "local"
+model = "mock-small"
+[deployment.runtime_config]
+chunk_delay = -1
+"""
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_check_and_serve_report_every_startup_problem_in_one_go(
+    tmp_path: Path, command: str
+) -> None:
+    path = tmp_path / "atomr.toml"
+    path.write_text(EVERYTHING_WRONG)
+    env = {"ATOMR_INFER_LOAD_PLUGINS": "openai,testkit"}
+    result = _run(command, "--config", str(path), **env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "3 configuration problems" in result.stderr, result.stderr
+    assert "deployment[0].runtime_config.api_key: environment variable" in result.stderr
+    assert "ATOMR_TEST_UNSET_KEY" in result.stderr
+    assert "deployment[1].runtime_config.chunk_delay" in result.stderr
+    assert "cluster.bind: refusing to serve on '0.0.0.0'" in result.stderr
+    # model = "mock-small" names no runtime: the testkit's pattern mock-* claims it
+    assert "cannot infer a runtime" not in result.stderr
+
+
+MISSING_KEY = """
+[cluster]
+bind = "127.0.0.1:0"
+
+[[deployment]]
+name = "chat"
+model = "gpt-4o-mini"
+"""
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_a_missing_api_key_is_found_at_startup(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "atomr.toml"
+    path.write_text(MISSING_KEY)
+    env = _env(ATOMR_INFER_LOAD_PLUGINS="openai")
+    env.pop("OPENAI_API_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "atomr_infer", command, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 1  # serve too: it never starts "serving" to crash later
+    assert (
+        "deployment[0].runtime_config.api_key: environment variable OPENAI_API_KEY is not set"
+        in result.stderr
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_honours_plugin_model_patterns(tmp_path: Path) -> None:
+    path = tmp_path / "atomr.toml"
+    path.write_text(GOOD.replace('model = "mock"\nruntime = "mock"', 'model = "mock-tiny"'))
+    result = _run("check", "--config", str(path), ATOMR_INFER_LOAD_PLUGINS="testkit")
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.splitlines()[2]
+    assert row.split()[:3] == ["echo", "mock-tiny", "mock"]
+
+
+@pytest.mark.slow
+async def test_sigterm_does_not_wait_for_an_idle_keep_alive_connection(
+    tmp_path: Path, read_banner: Callable[[trio.Process], Awaitable[str]]
+) -> None:
+    import signal
+
+    path = tmp_path / "atomr.toml"
+    path.write_text(
+        GOOD.replace('bind = "127.0.0.1:0"', 'bind = "127.0.0.1:0"\nshutdown_grace = "30s"')
+    )
+    proc = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "atomr_infer",
+            "serve",
+            "--config",
+            str(path),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env=_env(ATOMR_INFER_LOAD_PLUGINS="testkit"),
+    )
+    try:
+        with trio.fail_after(60):
+            url = await read_banner(proc)
+            port = int(url.rsplit(":", 1)[1])
+            probe = await trio.open_tcp_stream("127.0.0.1", port)  # a scraper's keep-alive
+            await probe.send_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b'{"status": "ok"}'):
+                answer += await probe.receive_some(4096)
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):  # the grace is 30 s: only an immediate close passes
+            assert await probe.receive_some(4096) == b""
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+
+
+def test_check_refuses_an_api_key_left_empty_by_an_unset_variable(tmp_path: Path) -> None:
+    path = tmp_path / "atomr.toml"
+    path.write_text(
+        MISSING_KEY + '[deployment.runtime_config]\napi_key = "${ATOMR_TEST_UNSET_KEY:-}"\n'
+    )
+    result = _run("check", "--config", str(path), ATOMR_INFER_LOAD_PLUGINS="openai")
+    assert result.returncode == 1
+    assert "deployment[0].runtime_config.api_key: the credential is empty" in result.stderr

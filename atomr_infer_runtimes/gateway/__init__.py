@@ -15,6 +15,7 @@ from hypercorn.trio import serve
 from ._app import create_app as create_app
 from ._auth import check_bind_allowed as check_bind_allowed
 from ._errors import error_body as error_body, error_response as error_response
+from ._hypercorn import install as _install_connection_fixes
 
 __all__ = [
     "check_bind_allowed",
@@ -26,10 +27,15 @@ __all__ = [
 ]
 
 
+#: hypercorn's own grace ends this long after ours, so a request the gateway cuts at
+#: ``shutdown_grace`` still gets to send its closing error event and end of body
+_CUT_MARGIN = 1.0
+
+
 def _hypercorn_config(host: str, port: int, grace: float) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.graceful_timeout = grace
+    config.graceful_timeout = grace + _CUT_MARGIN
     config.accesslog = None
     config.errorlog = logging.getLogger("atomr_infer.gateway.server")
     config.keep_alive_timeout = 75.0
@@ -64,12 +70,22 @@ async def serve_gateway(
     check_bind_allowed(
         host, keys=settings.api_keys, allow_unauthenticated=settings.allow_unauthenticated
     )
-    config = _hypercorn_config(host, port, float(settings.shutdown_grace))
+    grace = float(settings.shutdown_grace)
+    config = _hypercorn_config(host, port, grace)
     if fd is not None:
         config.bind = [f"fd://{fd}"]
+    _install_connection_fixes()
     app = create_app(cluster)
+    trigger = None
+    if shutdown_trigger is not None:
+        wait_for_stop = shutdown_trigger
+
+        async def trigger() -> None:
+            await wait_for_stop()
+            app.begin_shutdown(grace)
+
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown_trigger))
+        binds = await nursery.start(partial(serve, app, config, shutdown_trigger=trigger))
         task_status.started(binds[0])
 
 

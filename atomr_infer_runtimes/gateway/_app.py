@@ -14,10 +14,12 @@ import enum
 import inspect
 import json
 import logging
+import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -26,7 +28,13 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from atomr_infer_core import RequestKind, TokenChunk, Tokens, TokensBuilder, TokenUsage
-from atomr_infer_core.errors import BadRequestError, InferenceError, InternalError, NotFoundError
+from atomr_infer_core.errors import (
+    BadRequestError,
+    InferenceError,
+    InternalError,
+    NotFoundError,
+    ShuttingDownError,
+)
 
 from ._auth import KeyChecker
 from ._cors import CORSMiddleware
@@ -127,6 +135,9 @@ class _Gateway:
         settings = cluster.config.cluster
         self.keys = KeyChecker(settings.api_keys)
         self.max_body = settings.max_request_bytes
+        #: one cancel scope per running request; shutdown sets their deadline
+        self._cuts: set[trio.CancelScope] = set()
+        self._cut_at: float | None = None
         #: the dialects beside Chat Completions (DESIGN.md "Front doors")
         self.doors: dict[str, Door] = {
             "/v1/messages": MessagesDoor(cluster),
@@ -135,16 +146,40 @@ class _Gateway:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             parser = _PARSERS.get(scope["path"])
             if parser is not None:
-                await self._post(scope, receive, send, parser)
+                if scope["method"] == "POST":
+                    await self._post(scope, receive, send, parser)
+                else:
+                    await _method_not_allowed(scope, send)
                 return
             door = self.doors.get(scope["path"])
             if door is not None:
                 await self._post(scope, receive, send, None, door)
                 return
         await self.quart(scope, receive, send)
+
+    # ------------------------------------------------------------ shutdown
+
+    def begin_shutdown(self, grace: float) -> None:
+        """The gateway stops: every request still running (or arriving on a
+        kept-alive connection) is cut ``grace`` seconds from now. A cut stream ends
+        with an SSE error event (code ``shutting_down``) and a proper end of body; a cut
+        request that sent nothing yet gets 503 ``shutting_down``."""
+        self._cut_at = trio.current_time() + max(0.0, grace)
+        for cut in self._cuts:
+            cut.deadline = min(cut.deadline, self._cut_at)
+
+    @contextmanager
+    def _cut_scope(self) -> Iterator[trio.CancelScope]:
+        cut = trio.CancelScope(deadline=math.inf if self._cut_at is None else self._cut_at)
+        self._cuts.add(cut)
+        try:
+            with cut:
+                yield cut
+        finally:
+            self._cuts.discard(cut)
 
     # ------------------------------------------------------------ POST fast path
 
@@ -158,6 +193,7 @@ class _Gateway:
         status = 200
         state = ResponseState()
         served = _Served(started)
+        reached_cluster = False
 
         async def tracked_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -180,6 +216,7 @@ class _Gateway:
             else:
                 parsed = parser(parse_json_body(body), request_id)
                 check_features(parsed.batch, target_runtime(self.cluster, parsed.model))
+            reached_cluster = True  # from here on the cluster counts the request
             served.tenant = parsed.batch.tenant
             traceparent = headers.get(b"traceparent")
             if traceparent is not None and _TRACEPARENT.match(traceparent):
@@ -190,13 +227,23 @@ class _Gateway:
                 status = await self._dispatch(parsed, tracked_send, extra, state, served, door)
                 nursery.cancel_scope.cancel()
         except InferenceError as exc:
+            if not reached_cluster:
+                self._count_rejected(exc.kind)
             status = await _send_error(send, exc, extra, door)
         except ClientDisconnected:
             state.gone = True
+            self._count_rejected(None)
         finally:
             if state.gone:
                 status = 499
             self._log_access(scope, status, request_id, started, served)
+
+    def _count_rejected(self, kind: str | None) -> None:
+        """Count a request the front door ended (bad body, bad key, client gone while
+        sending it): the cluster never saw it, and every request is counted once."""
+        requests = getattr(getattr(self.cluster, "metrics", None), "requests", None)
+        if requests is not None:
+            requests.labels("?", "error" if kind else "cancelled", kind or "").inc()
 
     async def _dispatch(
         self,
@@ -285,11 +332,14 @@ class _Gateway:
     ) -> int:
         batch = parsed.batch
         raw: list[bytes] = []
-        try:
-            tokens = await self._tokens(parsed, raw)
-        except InferenceError as exc:
-            headers = self._answer_headers(exc.deployment, served, extra)
-            return await _send_error(send, exc, headers, door)
+        with self._cut_scope() as cut:
+            try:
+                tokens = await self._tokens(parsed, raw)
+            except InferenceError as exc:
+                headers = self._answer_headers(exc.deployment, served, extra)
+                return await _send_error(send, exc, headers, door)
+        if cut.cancelled_caught:
+            return await _send_error(send, _shutting_down(), extra, door)
         served.usage = tokens.usage
         deployment = tokens.deployment
         created = int(time.time())
@@ -358,45 +408,51 @@ class _Gateway:
         began = False
         deployment: str | None = None
         total = TokenUsage()
-        try:
-            for prompt, one in enumerate(parsed.prompts or (batch,)):
+        error: InferenceError | None = None
+        with self._cut_scope() as cut:
+            try:
+                for prompt, one in enumerate(parsed.prompts or (batch,)):
+                    if parsed.prompts:
+                        encoder.usage = None  # this prompt's usage; summed into total below
+                    async with self.cluster.execute(one) as chunks:
+                        deployment = getattr(chunks, "deployment", None)
+                        # chunks that arrived together go out in one write; nothing waits for more
+                        take = getattr(chunks, "next_nowait", None)
+                        async for chunk in chunks:
+                            data = encoder.encode(self._shift(parsed, chunk, prompt))
+                            if take is not None:
+                                while (more := take()) is not None:
+                                    data += encoder.encode(self._shift(parsed, more, prompt))
+                            if not began:
+                                began = True
+                                headers = self._answer_headers(deployment, served, extra)
+                                await send(
+                                    {
+                                        "type": "http.response.start",
+                                        "status": 200,
+                                        "headers": [*_SSE_HEADERS, *headers],
+                                    }
+                                )
+                            if data:
+                                await send(
+                                    {"type": "http.response.body", "body": data, "more_body": True}
+                                )
+                    if parsed.prompts:
+                        total = total + (encoder.usage or TokenUsage())
                 if parsed.prompts:
-                    encoder.usage = None  # this prompt's usage; summed into total below
-                async with self.cluster.execute(one) as chunks:
-                    deployment = getattr(chunks, "deployment", None)
-                    # chunks that arrived together go out in one write; nothing waits for more
-                    take = getattr(chunks, "next_nowait", None)
-                    async for chunk in chunks:
-                        data = encoder.encode(self._shift(parsed, chunk, prompt))
-                        if take is not None:
-                            while (more := take()) is not None:
-                                data += encoder.encode(self._shift(parsed, more, prompt))
-                        if not began:
-                            began = True
-                            headers = self._answer_headers(deployment, served, extra)
-                            await send(
-                                {
-                                    "type": "http.response.start",
-                                    "status": 200,
-                                    "headers": [*_SSE_HEADERS, *headers],
-                                }
-                            )
-                        if data:
-                            await send(
-                                {"type": "http.response.body", "body": data, "more_body": True}
-                            )
-                if parsed.prompts:
-                    total = total + (encoder.usage or TokenUsage())
-            if parsed.prompts:
-                encoder.usage = total
-        except InferenceError as exc:
+                    encoder.usage = total
+            except InferenceError as exc:
+                error = exc
+        if cut.cancelled_caught:
+            error = _shutting_down()
+        if error is not None:
             if not began:
-                headers = self._answer_headers(exc.deployment, served, extra)
-                return await _send_error(send, exc, headers, door)
+                headers = self._answer_headers(error.deployment, served, extra)
+                return await _send_error(send, error, headers, door)
             logger.warning(
-                "request %s failed after streaming began: %s", batch.request_id, exc.message
+                "request %s failed after streaming began: %s", batch.request_id, error.message
             )
-            event = door.error_event(exc) if door else error_sse_event(exc)
+            event = door.error_event(error) if door else error_sse_event(error)
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return 200
         if not began:
@@ -415,6 +471,28 @@ class _Gateway:
         shifted = shift_chunk(chunk, prompt, parsed.batch.sampling.n)
         # the encoder keeps the last usage it saw: hand it this prompt's, summed after
         return attrs.evolve(shifted, usage=chunk.usage)
+
+
+def _shutting_down() -> ShuttingDownError:
+    return ShuttingDownError(
+        "the gateway is shutting down and its shutdown_grace ran out for this request; "
+        "send it again (another gateway instance, or this one once it is back)"
+    )
+
+
+async def _method_not_allowed(scope: Scope, send: Send) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"method {scope['method']} is not allowed on {scope['path']}; use POST",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "method_not_allowed",
+            }
+        }
+    ).encode()
+    headers = [_JSON, (b"allow", b"POST"), (b"x-should-retry", b"false")]
+    await _send_full(send, 405, headers, body)
 
 
 async def _send_full(
@@ -452,6 +530,8 @@ def _error_json(exc: InferenceError) -> Response:
 
 def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
     app = QuartTrio("atomr_infer_gateway")
+    # "//v1//models" is a 404 in JSON like any unknown path, not a 308 to an HTML page
+    app.url_map.merge_slashes = False
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = None
 

@@ -48,6 +48,10 @@ class CORSMiddleware:
         self.any_origin = "*" in origins
         self.origins = frozenset(o.rstrip("/") for o in origins if o != "*")
 
+    def begin_shutdown(self, grace: float) -> None:
+        """Pass the shutdown on to the wrapped gateway (it cuts requests at ``grace``)."""
+        self.app.begin_shutdown(grace)
+
     def _allowed(self, origin: bytes) -> bool:
         try:
             text = origin.decode("ascii")

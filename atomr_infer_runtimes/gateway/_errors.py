@@ -20,6 +20,7 @@ _NO_RETRY: tuple[type[errors.InferenceError], ...] = (
     errors.QuotaExceededError,
     errors.BudgetExceededError,
     errors.InternalError,
+    errors.DeploymentFailedError,
 )
 
 
@@ -51,6 +52,8 @@ def error_headers(exc: errors.InferenceError) -> list[tuple[bytes, bytes]]:
         headers.append((b"x-should-retry", b"false"))
     elif retryable_status:
         headers.append((b"x-should-retry", b"true"))
+    else:  # a 4xx about the request itself: sending it again changes nothing
+        headers.append((b"x-should-retry", b"false"))
     return headers
 
 

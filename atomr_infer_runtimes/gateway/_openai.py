@@ -33,6 +33,8 @@ from atomr_infer_core import (
 )
 from atomr_infer_core.errors import BadRequestError
 
+from ._json import loads_strict
+
 __all__ = [
     "ChatStreamEncoder",
     "CompletionStreamEncoder",
@@ -196,14 +198,12 @@ def _stop(body: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
-    """Decode a request body that must be one JSON object."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequestError(
-            f"the request body is not valid JSON ({exc}); send a JSON object with Content-Type: application/json",
-            param=None,
-        ) from None
+    """Decode a request body that must be one JSON object a provider can be sent.
+
+    NaN, infinities, lone surrogates and nesting past ``MAX_JSON_DEPTH`` are refused
+    here (see ``_json.py``), so no request can fail later while it is encoded upstream.
+    """
+    body = loads_strict(raw)
     if not isinstance(body, dict):
         raise BadRequestError(f"the request body must be a JSON object, got {_type_name(body)}")
     return body

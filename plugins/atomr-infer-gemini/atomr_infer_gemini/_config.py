@@ -70,6 +70,11 @@ class _FirstEnv:
                 return await EnvCredential(name).credential()
         return await EnvCredential(self.variables[0]).credential()
 
+    def problem(self) -> str | None:
+        if any(os.environ.get(name, "").strip() for name in self.variables):
+            return None
+        return EnvCredential(self.variables[0]).problem()
+
 
 @attrs.frozen(kw_only=True)
 class GeminiConfig:

@@ -153,3 +153,62 @@ async def test_engine_retries_reach_the_metrics(autojump_clock: trio.testing.Moc
         retries = cluster.metrics.sample("atomr_upstream_retries_total", {"deployment": "chat"})
     assert tokens.text == "Echo: hello world"
     assert retries == 2.0
+
+
+# -- one request cannot hurt another ----------------------------------------------------
+async def test_a_request_the_wire_cannot_encode_fails_alone() -> None:
+    """Past the gateway's front door (embedded use), a lone surrogate or a NaN reaches
+    the engine: a 400 for that request; the replica and the stream beside it go on."""
+    import math
+
+    from atomr_infer_core import ExecuteBatch, Message
+    from atomr_infer_core.errors import BadRequestError
+
+    poisons = [
+        ExecuteBatch(
+            request_id="surrogate",
+            model="chat",
+            kind="chat",
+            messages=(Message(role="user", content="a\ud800b"),),
+        ),
+        ExecuteBatch(
+            request_id="nan-tool",
+            model="chat",
+            kind="chat",
+            messages=(Message(role="user", content="hi"),),
+            tools=({"type": "function", "function": {"name": "f", "x": math.nan}},),
+        ),
+    ]
+    async with mock_openai() as server, _cluster(_deployment("chat", server)) as cluster:
+        async with cluster.stream("chat", messages=HI) as beside:
+            first = await beside.__anext__()
+            # the surrogate is refused by the cluster before routing, the NaN (in
+            # `tools`, which only the provider's encoder reads) by the engine
+            for batch, refusal in zip(
+                poisons, ("lone UTF-16 surrogate", "cannot be encoded"), strict=True
+            ):
+                with pytest.raises(BadRequestError, match=refusal):
+                    async with cluster.execute(batch) as chunks:
+                        async for _ in chunks:
+                            pass
+            rest = [c.text_delta async for c in beside]
+        [status] = cluster.list()
+        after = await cluster.complete("chat", messages=HI)
+    assert first.text_delta + "".join(rest) == "Echo: hello world"
+    assert (status.state, status.replicas[0].restarts) == ("serving", 0)
+    assert after.text == "Echo: hello world"
+    assert len(server.requests) == 2  # the poisoned ones were never sent
+
+
+async def test_a_missing_api_key_fails_open_cluster_naming_its_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from atomr_infer_core.errors import ConfigError
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = load_config({"deployment": [{"name": "chat", "model": "gpt-4o-mini"}]})
+    with pytest.raises(
+        ConfigError, match=r"deployment\[0\]\.runtime_config\.api_key: .*OPENAI_API_KEY"
+    ):
+        async with open_cluster(config, plugins=[openai_plugin], load_entry_points=False):
+            pass

@@ -242,3 +242,19 @@ async def test_in_band_rate_limit_before_output_is_retried(
         _, tokens = await _run(runner, _chat(stream=True))
     assert tokens.text == "Echo: hello world"
     assert len(server.requests) == 2
+
+
+async def test_a_body_the_wire_cannot_encode_fails_that_request_and_the_runner_serves_on() -> None:
+    from atomr_infer_core.errors import BadRequestError
+
+    async with mock_openai() as server, _runner(server) as runner:
+        for batch in (
+            _chat("a\ud800b"),
+            _chat(tools=({"type": "function", "function": {"name": "f", "x": float("inf")}},)),
+        ):
+            with pytest.raises(BadRequestError, match="cannot be encoded for the upstream"):
+                await _run(runner, batch)
+        _, tokens = await _run(runner, _chat())
+        assert runner.statistics().failed == {"bad_request": 2}
+    assert tokens.text == "Echo: hello world"
+    assert len(server.requests) == 1  # the two that cannot be encoded were never sent

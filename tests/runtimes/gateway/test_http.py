@@ -207,8 +207,9 @@ async def test_chunked_body_too_large_is_413() -> None:
         (errors.DrainingError("draining", retry_after_s=1.0), 503, {"retry-after": "1"}),
         (errors.ServerError("bad upstream"), 502, {"x-should-retry": "true"}),
         (errors.RequestTimeoutError("too slow"), 504, {}),
-        (errors.ContentFilteredError("filtered"), 400, {}),
-        (errors.UnauthorizedError("upstream key"), 401, {}),
+        (errors.ContentFilteredError("filtered"), 400, {"x-should-retry": "false"}),
+        (errors.UnauthorizedError("upstream key"), 401, {"x-should-retry": "false"}),
+        (errors.DeploymentFailedError("failed"), 503, {"x-should-retry": "false"}),
     ],
 )
 async def test_error_status_and_retry_headers(
@@ -230,8 +231,8 @@ async def test_error_status_and_retry_headers(
     }
     for name, value in headers.items():
         assert response.headers[name] == value
-    if status < 429:
-        assert "x-should-retry" not in response.headers
+    if status < 429:  # a request-side error: a retry cannot fix it
+        assert response.headers["x-should-retry"] == "false"
 
 
 async def test_health_ready_lists_states_and_is_503_until_serving() -> None:

@@ -182,7 +182,27 @@ async def openai_gateway() -> AsyncIterator[tuple[str, Any]]:
 @st.composite
 def _responses_bodies(draw: st.DrawFn) -> dict[str, Any]:
     """A Responses body with unknown fields, item types, content parts and tools."""
-    known = {"model", "input", "stream", "previous_response_id", "tools", "text"}
+    # every field the door reads (an "unknown" one by that name would be type-checked)
+    known = {
+        "model",
+        "input",
+        "stream",
+        "previous_response_id",
+        "tools",
+        "text",
+        "instructions",
+        "max_output_tokens",
+        "metadata",
+        "parallel_tool_calls",
+        "reasoning",
+        "store",
+        "temperature",
+        "tool_choice",
+        "top_logprobs",
+        "top_p",
+        "truncation",
+        "user",
+    }
     unknown_fields = draw(
         st.dictionaries(_names.filter(lambda n: n not in known), _json, max_size=4)
     )
