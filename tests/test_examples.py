@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -88,7 +89,7 @@ async def _chat(client: openai.OpenAI, model: str = "chat") -> str:
 
 def test_every_example_has_a_readme_and_is_tested() -> None:
     found = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
-    assert found == ["fallback", "limits", "local-escalation", "openai"]
+    assert found == ["fallback", "fleet", "limits", "local-escalation", "openai"]
     for name in found:
         assert (EXAMPLES / name / "README.md").is_file()
         assert (EXAMPLES / name / "atomr.toml").is_file()
@@ -100,6 +101,7 @@ def test_every_example_has_a_readme_and_is_tested() -> None:
         ("openai", ("openai",), ["chat", "embed"]),
         ("fallback", ("openai", "anthropic", "gemini"), ["chat", "chat-claude", "chat-gemini"]),
         ("limits", ("openai",), ["chat"]),
+        ("fleet", ("openai",), ["chat"]),
         ("local-escalation", ("openai",), ["chat", "chat-remote"]),
     ],
 )
@@ -171,6 +173,25 @@ async def test_limits_example_wants_the_gateway_key_and_holds_the_rate(
     # the first of the three leaves the rolling minute 60 s from now
     assert caught.value.response.headers["retry-after"] == "60"
     assert len(mocks["openai"].requests) == 3
+
+
+async def test_fleet_example_holds_one_rate_limit_across_two_gateways(
+    monkeypatch: pytest.MonkeyPatch, redis_server: Any
+) -> None:
+    # two gateways on the same file and the same Redis: six requests a minute in all
+    monkeypatch.setenv("ATOMR_REDIS_URL", redis_server.url)
+    async with (
+        _mocks(monkeypatch, "openai") as mocks,
+        _serving("fleet") as (_, first),
+        _serving("fleet") as (_, second),
+    ):
+        clients = [_client(first), _client(second)]
+        for i in range(6):
+            assert await _chat(clients[i % 2]) == "Echo: hello there"
+        with pytest.raises(openai.RateLimitError) as caught:
+            await _chat(clients[0])  # the window is full for the fleet, not just this gateway
+    assert 0 < int(caught.value.response.headers["retry-after"]) <= 60
+    assert len(mocks["openai"].requests) == 6
 
 
 @pytest.mark.slow
