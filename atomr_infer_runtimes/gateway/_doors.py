@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from atomr_infer_core import TokenChunk, Tokens, infer_runtime
+from atomr_infer_core import FinishReason, TokenChunk, Tokens, TokenUsage, infer_runtime
 from atomr_infer_core.errors import InferenceError, UnsupportedParameterError
 
 from ._openai import ParsedRequest
 
-__all__ = ["Door", "StreamEncoder", "target_runtime", "unsupported"]
+__all__ = ["DialectStreamEncoder", "Door", "StreamEncoder", "target_runtime", "unsupported"]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -76,3 +76,50 @@ def unsupported(param: str, what: str, target: str | None) -> UnsupportedParamet
         "that supports it",
         param=param,
     )
+
+
+class DialectStreamEncoder:
+    """The shared half of a door's stream encoder: what a chunk means, not how it is written.
+
+    A chunk the upstream sent in the client's own dialect (``chunk.raw``) goes out as it came
+    and the rest of the stream is passed through; otherwise usage and the finish reason are
+    kept for the closing events, and text, reasoning and tool-call pieces of the one answer
+    (``n > 1`` is refused up front on these doors) go to the dialect's writers.
+    """
+
+    def __init__(self) -> None:
+        self._usage: TokenUsage | None = None
+        self._reason: FinishReason | None = None
+        self._passed = False
+
+    def _start(self) -> bytes:
+        raise NotImplementedError
+
+    def _reasoning_delta(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def _text_delta(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def _tool_delta(self, delta: Mapping[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def encode(self, chunk: TokenChunk) -> bytes:
+        if chunk.raw is not None:
+            # the upstream spoke the client's dialect itself: its events go out as they came
+            self._passed = True
+            return chunk.raw
+        if chunk.index != 0:
+            return b""
+        out = self._start()
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        if chunk.finish_reason is not None:
+            self._reason = chunk.finish_reason
+        if chunk.reasoning_delta:
+            out += self._reasoning_delta(chunk.reasoning_delta)
+        if chunk.text_delta:
+            out += self._text_delta(chunk.text_delta)
+        for delta in chunk.tool_call_deltas or ():
+            out += self._tool_delta(delta)
+        return out

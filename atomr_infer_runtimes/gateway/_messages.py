@@ -30,13 +30,12 @@ from atomr_infer_core import (
     Role,
     SamplingParams,
     TextPart,
-    TokenChunk,
     Tokens,
     TokenUsage,
 )
 from atomr_infer_core.errors import InferenceError, NotFoundError, ServerError
 
-from ._doors import Headers, target_runtime, unsupported
+from ._doors import DialectStreamEncoder, Headers, target_runtime, unsupported
 from ._errors import error_headers
 from ._features import check_features
 from ._openai import ParsedRequest, _bad, _type_name
@@ -499,7 +498,7 @@ def _event(name: str, payload: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {data}\n\n".encode()
 
 
-class MessagesStreamEncoder:
+class MessagesStreamEncoder(DialectStreamEncoder):
     """Chunks → Anthropic's event sequence; one content block open at a time.
 
     ``message_start`` carries the gateway's input estimate (the runners report usage at
@@ -507,14 +506,12 @@ class MessagesStreamEncoder:
     """
 
     def __init__(self, parsed: MessagesRequest) -> None:
+        super().__init__()
         self._parsed = parsed
         self._started = False
         self._block = -1
         self._open: str | None = None
         self._tools: dict[int, int] = {}
-        self._usage: TokenUsage | None = None
-        self._reason: FinishReason | None = None
-        self._passed = False
 
     def _start(self) -> bytes:
         if self._started:
@@ -544,14 +541,14 @@ class MessagesStreamEncoder:
         self._open = kind
         return out + _event("content_block_start", {"index": self._block, "content_block": block})
 
-    def _text(self, text: str) -> bytes:
+    def _text_delta(self, text: str) -> bytes:
         out = (
             b"" if self._open == "text" else self._open_block("text", {"type": "text", "text": ""})
         )
         delta = {"type": "text_delta", "text": text}
         return out + _event("content_block_delta", {"index": self._block, "delta": delta})
 
-    def _thinking(self, text: str) -> bytes:
+    def _reasoning_delta(self, text: str) -> bytes:
         out = b""
         if self._open != "thinking":
             block = {"type": "thinking", "thinking": "", "signature": ""}
@@ -559,7 +556,7 @@ class MessagesStreamEncoder:
         delta = {"type": "thinking_delta", "thinking": text}
         return out + _event("content_block_delta", {"index": self._block, "delta": delta})
 
-    def _tool(self, delta: Mapping[str, Any]) -> bytes:
+    def _tool_delta(self, delta: Mapping[str, Any]) -> bytes:
         out = b""
         index = int(delta.get("index", 0))
         fn = delta.get("function") or {}
@@ -577,26 +574,6 @@ class MessagesStreamEncoder:
             # a late piece of an earlier call (interleaved calls) goes to that call's block
             piece = {"type": "input_json_delta", "partial_json": arguments}
             out += _event("content_block_delta", {"index": self._tools[index], "delta": piece})
-        return out
-
-    def encode(self, chunk: TokenChunk) -> bytes:
-        if chunk.raw is not None:
-            # the upstream spoke Messages itself: its events go out as they came
-            self._passed = True
-            return chunk.raw
-        if chunk.index != 0:
-            return b""  # Messages has one answer per request (n > 1 is refused up front)
-        out = self._start()
-        if chunk.usage is not None:
-            self._usage = chunk.usage
-        if chunk.finish_reason is not None:
-            self._reason = chunk.finish_reason
-        if chunk.reasoning_delta:
-            out += self._thinking(chunk.reasoning_delta)
-        if chunk.text_delta:
-            out += self._text(chunk.text_delta)
-        for delta in chunk.tool_call_deltas or ():
-            out += self._tool(delta)
         return out
 
     def finish(self) -> bytes:

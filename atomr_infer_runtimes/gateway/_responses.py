@@ -38,13 +38,12 @@ from atomr_infer_core import (
     Role,
     SamplingParams,
     TextPart,
-    TokenChunk,
     Tokens,
     TokenUsage,
 )
 from atomr_infer_core.errors import BadRequestError, InferenceError
 
-from ._doors import Headers, target_runtime, unsupported
+from ._doors import DialectStreamEncoder, Headers, target_runtime, unsupported
 from ._errors import error_response
 from ._features import check_features
 from ._openai import ParsedRequest, _bad, _bool, _int, _num, _str, _type_name
@@ -529,10 +528,11 @@ def render_response(parsed: ResponsesRequest, tokens: Tokens, store: ResponseSto
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-class ResponsesStreamEncoder:
+class ResponsesStreamEncoder(DialectStreamEncoder):
     """Chunks → the Responses event stream, one output item open at a time."""
 
     def __init__(self, parsed: ResponsesRequest, store: ResponseStore) -> None:
+        super().__init__()
         self._parsed = parsed
         self._store = store
         self._created = int(time.time())
@@ -545,9 +545,6 @@ class ResponsesStreamEncoder:
         self._positions: dict[int, int] = {}
         self._text: list[str] = []
         self._reasoning: list[str] = []
-        self._usage: TokenUsage | None = None
-        self._reason: FinishReason | None = None
-        self._passed = False
 
     def _event(self, name: str, payload: dict[str, Any]) -> bytes:
         data = json.dumps(
@@ -655,26 +652,6 @@ class ResponsesStreamEncoder:
             item["arguments"] += piece
             where = {"item_id": item["id"], "output_index": self._positions[index]}
             out += self._event("response.function_call_arguments.delta", {**where, "delta": piece})
-        return out
-
-    def encode(self, chunk: TokenChunk) -> bytes:
-        if chunk.raw is not None:
-            # the upstream spoke Responses itself: its events go out as they came
-            self._passed = True
-            return chunk.raw
-        if chunk.index != 0:
-            return b""
-        out = self._start()
-        if chunk.usage is not None:
-            self._usage = chunk.usage
-        if chunk.finish_reason is not None:
-            self._reason = chunk.finish_reason
-        if chunk.reasoning_delta:
-            out += self._reasoning_delta(chunk.reasoning_delta)
-        if chunk.text_delta:
-            out += self._text_delta(chunk.text_delta)
-        for delta in chunk.tool_call_deltas or ():
-            out += self._tool_delta(delta)
         return out
 
     def finish(self) -> bytes:
