@@ -153,6 +153,24 @@ class RedisStateBackend:
         args = [hour_end, repr(amount), COST_HISTORY_S]
         self.submit("COST_RECORD", [self.key("cost", deployment)], args)
 
+    def put_value(self, name: str, value: str, ttl_s: float) -> None:
+        """Store ``value`` under ``name`` for the fleet for ``ttl_s`` seconds (queued: the
+        caller does not wait; a value lost to an outage is only missing, never wrong)."""
+        self.submit("KV_PUT", [self.key("kv", name)], [value, max(1, int(ttl_s * 1000))])
+
+    async def get_value(self, name: str) -> tuple[str, float] | None:
+        """The value under ``name`` and its seconds left, or ``None`` when there is none.
+
+        Raises StateUnavailableError when the server cannot be reached.
+        """
+        reply = await self.call("KV_GET", [self.key("kv", name)], [])
+        if not reply:
+            return None
+        value, ttl_ms = reply
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        ttl = ttl_ms.decode() if isinstance(ttl_ms, bytes) else str(ttl_ms)
+        return text, max(0.0, float(ttl) / 1000)
+
     # -- plumbing ----------------------------------------------------------------------
 
     def key(self, *parts: str) -> str:

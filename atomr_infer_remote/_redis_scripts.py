@@ -13,6 +13,8 @@ __all__ = [
     "BREAKER_OPEN",
     "BREAKER_READ",
     "COST_RECORD",
+    "KV_GET",
+    "KV_PUT",
     "LIMITER_ACQUIRE",
     "LIMITER_PAUSE",
     "LIMITER_RELEASE",
@@ -243,4 +245,18 @@ COST_RECORD = """
 redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
+"""
+
+
+#: KEYS: a value's key; ARGV: the value, its time to live (ms)
+KV_PUT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 1
+"""
+
+#: KEYS: a value's key; returns {value, remaining ms} or false when absent or expired
+KV_GET = """
+local value = redis.call('GET', KEYS[1])
+if not value then return false end
+return {value, tostring(redis.call('PTTL', KEYS[1]))}
 """

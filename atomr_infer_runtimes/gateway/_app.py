@@ -212,7 +212,9 @@ class _Gateway:
             )
             parsed: ParsedRequest
             if door is not None:
-                parsed = door.parse(parse_json_body(body), request_id, headers)
+                data = parse_json_body(body)
+                await door.prefetch(data)
+                parsed = door.parse(data, request_id, headers)
             else:
                 parsed = parser(parse_json_body(body), request_id)
                 check_features(parsed.batch, target_runtime(self.cluster, parsed.model))

@@ -34,6 +34,10 @@ class Door(Protocol):
         """The ``Authorization`` value to check against the gateway's keys."""
         ...
 
+    async def prefetch(self, body: Mapping[str, Any]) -> None:
+        """Fetch what ``parse`` will need from shared state (before it runs, which cannot wait)."""
+        ...
+
     def parse(
         self, body: Mapping[str, Any], request_id: str, headers: Mapping[bytes, bytes]
     ) -> ParsedRequest: ...

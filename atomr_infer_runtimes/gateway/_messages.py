@@ -624,6 +624,9 @@ class MessagesDoor:
     def __init__(self, cluster: Any) -> None:
         self.cluster = cluster
 
+    async def prefetch(self, body: Mapping[str, Any]) -> None:
+        return None  # a Messages request carries its whole conversation
+
     def authorization(self, headers: Mapping[bytes, bytes]) -> bytes | None:
         key = headers.get(b"x-api-key")
         if key is not None and not headers.get(b"authorization"):

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import trio
 
 from atomr_infer_core import (
@@ -41,7 +42,7 @@ from atomr_infer_core import (
     Tokens,
     TokenUsage,
 )
-from atomr_infer_core.errors import BadRequestError, InferenceError
+from atomr_infer_core.errors import BadRequestError, InferenceError, StateUnavailableError
 
 from ._doors import DialectStreamEncoder, Headers, target_runtime, unsupported
 from ._errors import error_response
@@ -86,13 +87,67 @@ _PASSTHROUGH_TARGET = "openai"
 _THINKING_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384}
 
 
+_PART_TYPES: dict[str, type[Any]] = {
+    "text": TextPart,
+    "image_url": ImageUrlPart,
+    "image_base64": ImageBase64Part,
+}
+
+
+def encode_conversation(conversation: Sequence[Message]) -> str:
+    """A stored conversation as JSON, for the shared state backend."""
+
+    def part(p: ContentPart) -> dict[str, Any]:
+        return {a.name: getattr(p, a.name) for a in attrs.fields(type(p))}
+
+    return json.dumps(
+        [
+            {
+                "role": m.role.value,
+                "content": m.content
+                if isinstance(m.content, str)
+                else [part(p) for p in m.content],
+                "name": m.name,
+                "tool_calls": None if m.tool_calls is None else [dict(c) for c in m.tool_calls],
+                "tool_call_id": m.tool_call_id,
+            }
+            for m in conversation
+        ],
+        separators=(",", ":"),
+    )
+
+
+def decode_conversation(text: str) -> tuple[Message, ...]:
+    """The conversation :func:`encode_conversation` wrote."""
+
+    def part(raw: dict[str, Any]) -> ContentPart:
+        fields = {k: v for k, v in raw.items() if k != "type"}
+        part_type: type[ContentPart] = _PART_TYPES[raw["type"]]
+        return part_type(**fields)
+
+    return tuple(
+        Message(
+            role=m["role"],
+            content=m["content"]
+            if isinstance(m["content"], str)
+            else [part(p) for p in m["content"]],
+            name=m["name"],
+            tool_calls=m["tool_calls"],
+            tool_call_id=m["tool_call_id"],
+        )
+        for m in json.loads(text)
+    )
+
+
 class ResponseStore:
     """Stored conversations by response id: at most ``capacity`` (the least recently used
     is evicted), each for ``ttl`` seconds after it was stored.
 
     One per gateway process. Each entry is the conversation a response ended: its input
     messages (without ``instructions``, which do not carry over) and its answer. ``clock``
-    is trio's by default (tests pass their own).
+    is trio's by default (tests pass their own). ``publish`` (set by the door when the
+    state backend is shared) is told of every stored conversation, so the other gateways
+    of the fleet can continue it (``ResponsesDoor.prefetch``).
     """
 
     def __init__(
@@ -101,10 +156,12 @@ class ResponseStore:
         *,
         ttl: float = 3600.0,
         clock: Callable[[], float] = trio.current_time,
+        publish: Callable[[str, tuple[Message, ...], float], None] | None = None,
     ) -> None:
         self.capacity = capacity
         self.ttl = ttl
         self._clock = clock
+        self.publish = publish
         self._items: collections.OrderedDict[str, tuple[float, tuple[Message, ...]]] = (
             collections.OrderedDict()
         )
@@ -116,7 +173,14 @@ class ResponseStore:
         return response_id in self._items
 
     def put(self, response_id: str, conversation: Sequence[Message]) -> None:
-        self._items[response_id] = (self._clock() + self.ttl, tuple(conversation))
+        """Store a response's conversation (and publish it to the fleet, when shared)."""
+        self.keep(response_id, conversation, self.ttl)
+        if self.publish is not None:
+            self.publish(response_id, tuple(conversation), self.ttl)
+
+    def keep(self, response_id: str, conversation: Sequence[Message], ttl: float) -> None:
+        """Store locally for ``ttl`` seconds (at most the store's own), publishing nothing."""
+        self._items[response_id] = (self._clock() + min(ttl, self.ttl), tuple(conversation))
         self._items.move_to_end(response_id)
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
@@ -690,6 +754,32 @@ class ResponsesDoor:
     def __init__(self, cluster: Any, store: ResponseStore | None = None) -> None:
         self.cluster = cluster
         self.store = store if store is not None else ResponseStore()
+        #: the fleet's shared state (a redis backend), or ``None``: stored responses are
+        #: then this process's only
+        state = getattr(cluster, "state", None)
+        self._shared = state if callable(getattr(state, "get_value", None)) else None
+        if self._shared is not None and self.store.publish is None:
+            self.store.publish = self._publish
+
+    def _publish(self, response_id: str, conversation: tuple[Message, ...], ttl: float) -> None:
+        assert self._shared is not None
+        self._shared.put_value(f"response:{response_id}", encode_conversation(conversation), ttl)
+
+    async def prefetch(self, body: Mapping[str, Any]) -> None:
+        """Bring ``previous_response_id``'s conversation from the fleet's shared state into
+        this gateway's store when another gateway stored it (no-op without shared state)."""
+        previous = body.get("previous_response_id") if isinstance(body, Mapping) else None
+        if self._shared is None or not isinstance(previous, str) or previous in self.store:
+            return
+        try:
+            found = await self._shared.get_value(f"response:{previous}")
+        except StateUnavailableError:
+            if self._shared.fail_open:
+                return  # served from this gateway's own store: an unknown id is a clear 400
+            raise
+        if found is not None:
+            text, ttl = found
+            self.store.keep(previous, decode_conversation(text), ttl)
 
     def authorization(self, headers: Mapping[bytes, bytes]) -> bytes | None:
         return headers.get(b"authorization")
