@@ -81,6 +81,7 @@ def test_every_distribution_declares_readme_license_urls_classifiers_and_python(
 def test_range_bounds_where_we_rely_on_internals() -> None:
     core = _pyproject(REPO)["dependencies"]
     assert any(re.match(r"^httpcore>=1\.0,<1\.1$", d) for d in core), core
+    assert any(re.match(r"^hypercorn\[trio\]>=0\.18,<0\.19$", d) for d in core), core
     for plugin in ("torch", "onnx"):
         deps = _pyproject(REPO / "plugins" / f"atomr-infer-{plugin}")["dependencies"]
         assert any(re.match(r"^transformers>=[\d.]+,<\d+", d) for d in deps), deps
