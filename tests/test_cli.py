@@ -46,6 +46,25 @@ def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+async def _start_serve(path: Path) -> trio.Process:
+    """``serve --config path`` with the testkit plugin, its stdout a pipe (for the banner)."""
+    return await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "atomr_infer",
+            "serve",
+            "--config",
+            str(path),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env=_env(ATOMR_INFER_LOAD_PLUGINS="testkit"),
+    )
+
+
 def test_version_lists_the_core_and_installed_plugins_without_importing_them() -> None:
     from atomr_infer_core import __version__
 
@@ -136,21 +155,7 @@ async def test_sigterm_drains_ten_in_flight_streams_and_exits_0(
 
     path = tmp_path / "atomr.toml"
     path.write_text(STREAMING)
-    proc = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "atomr_infer",
-            "serve",
-            "--config",
-            str(path),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-        env=_env(ATOMR_INFER_LOAD_PLUGINS="testkit"),
-    )
+    proc = await _start_serve(path)
     try:
         with trio.fail_after(60):
             url = await read_banner(proc)
@@ -346,21 +351,7 @@ async def test_sigterm_does_not_wait_for_an_idle_keep_alive_connection(
     path.write_text(
         GOOD.replace('bind = "127.0.0.1:0"', 'bind = "127.0.0.1:0"\nshutdown_grace = "30s"')
     )
-    proc = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "atomr_infer",
-            "serve",
-            "--config",
-            str(path),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-        env=_env(ATOMR_INFER_LOAD_PLUGINS="testkit"),
-    )
+    proc = await _start_serve(path)
     try:
         with trio.fail_after(60):
             url = await read_banner(proc)

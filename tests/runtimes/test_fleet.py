@@ -52,6 +52,25 @@ async def clusters(config: Config, plugin: Any, n: int) -> AsyncIterator[list[An
         ]
 
 
+async def _peak_streams(fleet: list[Any], n: int) -> int:
+    """Run ``n`` streams over the fleet's clusters in turn; the most in flight at once."""
+    in_flight = peak = 0
+
+    async def ask(cluster: Any) -> None:
+        nonlocal in_flight, peak
+        async with cluster.stream("chat", prompt="q", timeout=20) as chunks:
+            in_flight += 1
+            peak = max(peak, in_flight)
+            async for _ in chunks:
+                pass
+            in_flight -= 1
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(ask, fleet[i % len(fleet)])
+    return peak
+
+
 async def test_concurrency_cap_holds_across_three_processes(
     redis_server, mock_plugin, mock_deployment
 ) -> None:
@@ -63,20 +82,7 @@ async def test_concurrency_cap_holds_across_three_processes(
     )
     async with clusters(fleet_config(redis_server.url, dep), mock_plugin, 3) as fleet:
         assert {c.status().state_scope for c in fleet} == {"fleet"}
-        in_flight = peak = 0
-
-        async def ask(cluster: Any) -> None:
-            nonlocal in_flight, peak
-            async with cluster.stream("chat", prompt="q", timeout=20) as chunks:
-                in_flight += 1
-                peak = max(peak, in_flight)
-                async for _ in chunks:
-                    pass
-                in_flight -= 1
-
-        async with trio.open_nursery() as nursery:
-            for i in range(24):
-                nursery.start_soon(ask, fleet[i % 3])
+        peak = await _peak_streams(fleet, 24)
         assert peak == 4
 
 
@@ -89,20 +95,7 @@ async def test_max_concurrent_holds_across_processes(
         config={"chunks": ["a", "b"], "chunk_delay": "20ms"},
     )
     async with clusters(fleet_config(redis_server.url, dep), mock_plugin, 3) as fleet:
-        in_flight = peak = 0
-
-        async def ask(cluster: Any) -> None:
-            nonlocal in_flight, peak
-            async with cluster.stream("chat", prompt="q", timeout=20) as chunks:
-                in_flight += 1
-                peak = max(peak, in_flight)
-                async for _ in chunks:
-                    pass
-                in_flight -= 1
-
-        async with trio.open_nursery() as nursery:
-            for i in range(12):
-                nursery.start_soon(ask, fleet[i % 3])
+        peak = await _peak_streams(fleet, 12)
         assert peak == 2
 
 

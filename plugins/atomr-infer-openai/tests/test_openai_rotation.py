@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -16,6 +17,13 @@ from atomr_infer_testkit import mock_openai
 HI = [{"role": "user", "content": "hello world"}]
 
 
+def _config(url: str, key: Path) -> Any:
+    """One openai deployment on the mock at ``url`` that reads its key from ``key``."""
+    runtime_config = {"base_url": f"{url}/v1", "api_key_file": str(key)}
+    deployment = {"name": "chat", "model": "gpt-4o-mini", "runtime_config": runtime_config}
+    return load_config({"cluster": {"bind": "127.0.0.1:0"}, "deployment": [deployment]})
+
+
 async def test_rotation_switches_keys_without_dropping_the_stream_in_flight(
     tmp_path: Path,
 ) -> None:
@@ -23,21 +31,7 @@ async def test_rotation_switches_keys_without_dropping_the_stream_in_flight(
     key.write_text("sk-old")
     async with mock_openai() as server:
         server.require_api_key("sk-old")
-        config = load_config(
-            {
-                "cluster": {"bind": "127.0.0.1:0"},
-                "deployment": [
-                    {
-                        "name": "chat",
-                        "model": "gpt-4o-mini",
-                        "runtime_config": {
-                            "base_url": f"{server.url}/v1",
-                            "api_key_file": str(key),
-                        },
-                    }
-                ],
-            }
-        )
+        config = _config(server.url, key)
         async with (
             open_cluster(config, plugins=[openai_plugin], load_entry_points=False) as cluster,
             open_gateway(cluster) as url,
@@ -76,21 +70,7 @@ async def test_a_failed_rotation_keeps_the_old_key_serving(tmp_path: Path) -> No
     key = tmp_path / "key"
     key.write_text("sk-old")
     async with mock_openai() as server:
-        config = load_config(
-            {
-                "cluster": {"bind": "127.0.0.1:0"},
-                "deployment": [
-                    {
-                        "name": "chat",
-                        "model": "gpt-4o-mini",
-                        "runtime_config": {
-                            "base_url": f"{server.url}/v1",
-                            "api_key_file": str(key),
-                        },
-                    }
-                ],
-            }
-        )
+        config = _config(server.url, key)
         async with (
             open_cluster(config, plugins=[openai_plugin], load_entry_points=False) as cluster,
             open_gateway(cluster) as url,
