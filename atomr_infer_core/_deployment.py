@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Any, NewType
+from typing import TYPE_CHECKING, Any, NewType
 
 import attrs
 
@@ -39,8 +39,13 @@ __all__ = [
     "UnavailablePolicy",
 ]
 
-#: a duration in seconds; config files also take "250ms", "30s", "5m", "1h" or integer ms
-Seconds = NewType("Seconds", float)
+#: a duration in seconds; config files also take "250ms", "30s", "5m", "1h" or integer ms.
+#: To a type checker it is a plain float (``Timeouts(read_timeout=2.5)`` type-checks); at run
+#: time a distinct type, so the config converter and the schema know which floats are durations.
+if TYPE_CHECKING:
+    Seconds = float
+else:
+    Seconds = NewType("Seconds", float)
 
 _ge0 = at_least(0)
 _ge1 = at_least(1)

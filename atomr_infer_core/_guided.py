@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._constraints import OutputConstraint
 from .errors import UnsupportedParameterError
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
 
 __all__ = ["GrammarCompiler", "Guide", "allowed_tokens"]
 
@@ -29,7 +32,11 @@ __all__ = ["GrammarCompiler", "Guide", "allowed_tokens"]
 GRAMMAR_CACHE_ENTRIES = 64
 #: JSON laid out as ``json.dumps`` does: flexible whitespace lets a small model emit
 #: newlines until it runs out of tokens
-JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+JSON_LAYOUT: JsonCompileOptions = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+}
 
 
 class Guide:

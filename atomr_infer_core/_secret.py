@@ -18,6 +18,7 @@ class Secret:
     """
 
     __slots__ = ("_value",)
+    _value: str
 
     def __init__(self, value: str) -> None:
         if not isinstance(value, str):
@@ -26,7 +27,7 @@ class Secret:
 
     def reveal(self) -> str:
         """Return the secret value. Do not log or store what this returns."""
-        return self._value  # type: ignore[no-any-return]
+        return self._value
 
     def __bool__(self) -> bool:
         return bool(self._value)

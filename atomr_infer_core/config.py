@@ -31,6 +31,7 @@ from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
     IterableValidationError,
+    IterableValidationNote,
 )
 from cattrs.gen import make_dict_structure_fn, override
 
@@ -194,20 +195,16 @@ def _tuple_factory(tp: Any, conv: cattrs.Converter) -> Any:
             try:
                 out.append(inner(item, elem))
             except Exception as exc:  # collected with its index, re-raised as a group
-                exc.__notes__ = [*getattr(exc, "__notes__", []), _IndexNote(i)]
+                exc.__notes__ = [
+                    *getattr(exc, "__notes__", []),
+                    IterableValidationNote(f"Structuring index {i}", i, elem),
+                ]
                 errors.append(exc)
         if errors:
             raise IterableValidationError(f"While structuring {tp!r}", errors, tp)
         return tuple(out)
 
     return structure_tuple
-
-
-class _IndexNote(str):
-    def __new__(cls, index: int) -> _IndexNote:
-        obj = super().__new__(cls, f"Structuring index {index}")
-        obj.index = index  # type: ignore[attr-defined]
-        return obj
 
 
 def _make_converter() -> cattrs.Converter:
@@ -385,10 +382,10 @@ def _normalise_deployment(raw: Any, path: str, out: list[tuple[str, str]]) -> An
 
 
 def _prepare(
-    data: Mapping[str, Any], env: Mapping[str, str]
+    raw: Mapping[str, Any], env: Mapping[str, str]
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     problems: list[tuple[str, str]] = []
-    data = _interpolate(dict(data), "", env, problems)
+    data: dict[str, Any] = _interpolate(dict(raw), "", env, problems)
     deployments = data.get("deployment")
     if isinstance(deployments, list):
         data["deployment"] = [

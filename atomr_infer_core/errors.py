@@ -149,6 +149,8 @@ class RateLimitedError(_RetryAfterMixin):
     code = "rate_limit_exceeded"
     error_type = "rate_limit_error"
     _fields = ("provider", "retry_after_s")
+    provider: str | None
+    retry_after_s: float | None
 
 
 class QuotaExceededError(InferenceError):
@@ -159,6 +161,7 @@ class QuotaExceededError(InferenceError):
     code = "insufficient_quota"
     error_type = "insufficient_quota"
     _fields = ("provider",)
+    provider: str | None
 
 
 class BudgetExceededError(_RetryAfterMixin):
@@ -169,6 +172,7 @@ class BudgetExceededError(_RetryAfterMixin):
     code = "insufficient_quota"
     error_type = "insufficient_quota"
     _fields = ("retry_after_s",)
+    retry_after_s: float | None
 
 
 class CircuitOpenError(_RetryAfterMixin):
@@ -181,6 +185,10 @@ class CircuitOpenError(_RetryAfterMixin):
     http_status = 503
     code = "circuit_open"
     _fields = ("provider", "opened_at", "retry_at", "retry_after_s")
+    provider: str | None
+    opened_at: float | None
+    retry_at: float | None
+    retry_after_s: float | None
 
 
 class CapacityExhaustedError(_RetryAfterMixin):
@@ -190,6 +198,7 @@ class CapacityExhaustedError(_RetryAfterMixin):
     http_status = 503
     code = "capacity_exhausted"
     _fields = ("retry_after_s",)
+    retry_after_s: float | None
 
 
 class DrainingError(CapacityExhaustedError):
@@ -226,6 +235,7 @@ class ContentFilteredError(InferenceError):
     code = "content_filter"
     error_type = "invalid_request_error"
     _fields = ("reason",)
+    reason: str | None
 
 
 class ContextLengthExceededError(InferenceError):
@@ -236,6 +246,8 @@ class ContextLengthExceededError(InferenceError):
     code = "context_length_exceeded"
     error_type = "invalid_request_error"
     _fields = ("tokens", "max_tokens")
+    tokens: int | None
+    max_tokens: int | None
 
 
 class BadRequestError(InferenceError):
@@ -245,6 +257,7 @@ class BadRequestError(InferenceError):
     http_status = 400
     error_type = "invalid_request_error"
     _fields = ("param",)
+    param: str | None
 
 
 class UnsupportedParameterError(BadRequestError):
@@ -265,6 +278,7 @@ class PayloadTooLargeError(InferenceError):
     http_status = 413
     error_type = "invalid_request_error"
     _fields = ("limit_bytes",)
+    limit_bytes: int | None
 
 
 class UnauthorizedError(InferenceError):
@@ -292,6 +306,7 @@ class NotFoundError(InferenceError):
     code = "model_not_found"
     error_type = "invalid_request_error"
     _fields = ("model",)
+    model: str | None
 
 
 class NetworkError(InferenceError):
@@ -313,6 +328,8 @@ class ServerError(InferenceError):
     http_status = 502
     code = "upstream_error"
     _fields = ("status", "body")
+    status: int | None
+    body: str | None
 
 
 class MalformedStreamError(InferenceError):
@@ -334,6 +351,8 @@ class RequestTimeoutError(InferenceError):
     http_status = 504
     code = "timeout"
     _fields = ("elapsed_s", "phase")
+    elapsed_s: float | None
+    phase: str | None
 
 
 class SessionPoisonedError(InferenceError):
@@ -352,6 +371,7 @@ class StateUnavailableError(_RetryAfterMixin):
     http_status = 503
     code = "state_unavailable"
     _fields = ("retry_after_s",)
+    retry_after_s: float | None
 
 
 class InternalError(InferenceError):

@@ -72,8 +72,9 @@ def error_message(parsed: Any) -> str:
                 return msg
         elif isinstance(err, str) and err:
             return err
-        if isinstance(parsed.get("message"), str):
-            return parsed["message"]
+        message = parsed.get("message")
+        if isinstance(message, str):
+            return message
         return json.dumps(parsed)[:_MAX_BODY]
     text = str(parsed).strip()
     return text[:_MAX_BODY]
@@ -82,8 +83,9 @@ def error_message(parsed: Any) -> str:
 def _error_field(parsed: Any, name: str) -> str | None:
     if isinstance(parsed, dict):
         err = parsed.get("error")
-        if isinstance(err, dict) and isinstance(err.get(name), str):
-            return err[name]
+        value = err.get(name) if isinstance(err, dict) else None
+        if isinstance(value, str):
+            return value
     return None
 
 

@@ -339,8 +339,8 @@ async def send_streaming(
     for name, value in lean.default_headers:
         if name.lower() not in given:
             raw.append((name, value))
-    for name, value in headers.items():
-        raw.append((name.encode("ascii"), value.encode("ascii")))  # as httpx encodes them
+    for key, text in headers.items():
+        raw.append((key.encode("ascii"), text.encode("ascii")))  # as httpx encodes them
     if json is not None:
         raw.append((b"Content-Length", str(len(body)).encode("ascii")))
         raw.append((b"Content-Type", b"application/json"))
@@ -386,7 +386,7 @@ if httpcore is not None and httpcore.__version__.startswith("1.0."):
             now = time.monotonic()
             if now - self._last_sweep >= _SWEEP_INTERVAL:
                 self._last_sweep = now
-                return super()._assign_requests_to_connections()  # type: ignore[no-any-return]
+                return super()._assign_requests_to_connections()
             closing: list[Any] = []
             connections = self._connections
             for connection in list(connections):

@@ -25,6 +25,7 @@ network): they are queued to a task in the backend's nursery, which runs them in
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -136,7 +137,7 @@ class RedisStateBackend:
             found = CircuitBreaker(config, name=name or key, provider=provider)
             self._breakers[key] = found
             self._breaker_keys[key] = self.key(key, "open_until")
-            found.on_transition.append(lambda _n, _o, new, k=key: self._breaker_moved(k, new))
+            found.on_transition.append(functools.partial(self._on_breaker_transition, key))
         elif found.config != config:
             raise ConfigError([(key, f"circuit breaker already exists with {found.config}")])
         return found
@@ -187,10 +188,15 @@ class RedisStateBackend:
     async def call(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """Run one script; raises StateUnavailableError when the server is unreachable."""
         self.stats.calls += 1
+        unreachable: tuple[type[BaseException], ...] = (
+            OSError,
+            trio.TooSlowError,
+            *_redis_errors(),
+        )
         try:
             with trio.fail_after(_CALL_TIMEOUT):
                 result = await self._scripts[script](keys=keys, args=[str(a) for a in args])
-        except (OSError, trio.TooSlowError, *_redis_errors()) as exc:
+        except unreachable as exc:
             self._unavailable(exc)
             raise StateUnavailableError(
                 "the shared state backend (redis) cannot be reached, so limits and budgets "
@@ -289,6 +295,9 @@ class RedisStateBackend:
                         breaker.force_open(seconds)
                     finally:
                         self._syncing = None
+
+    def _on_breaker_transition(self, key: str, _name: str, _old: str, new: str) -> None:
+        self._breaker_moved(key, new)
 
     def _breaker_moved(self, key: str, new: str) -> None:
         if new != "open" or self._syncing == key:

@@ -279,7 +279,7 @@ async def open_state_backend(config: StateConfig) -> AsyncIterator[StateBackend]
                 [("state.backend", f"needs coredis: pip install 'atomr-infer-trio[redis]' ({exc})")]
             ) from None
         async with open_redis_state(config) as backend:
-            yield backend  # type: ignore[misc]
+            yield backend
         return
     if not config.spend_ledger:
         await trio.lowlevel.checkpoint()
