@@ -36,6 +36,7 @@ from ._limiter import (
     RateLimiterStatistics as RateLimiterStatistics,
     RateLimitPermit as RateLimitPermit,
 )
+from ._fair import FairQueue as FairQueue
 from ._queue import (
     BoundedPriorityQueue as BoundedPriorityQueue,
     PriorityHeap as PriorityHeap,
@@ -70,6 +71,7 @@ from ._state import (
 
 __all__: list[str] = [
     "BoundedPriorityQueue",
+    "FairQueue",
     "BreakerCore",
     "BreakerPermit",
     "BreakerStatistics",
