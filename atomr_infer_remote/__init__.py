@@ -24,6 +24,7 @@ from ._engine import (
     RemoteEngine as RemoteEngine,
     StreamParser as StreamParser,
 )
+from ._fair import FairQueue as FairQueue
 from ._http import (
     HttpClientOptions as HttpClientOptions,
     encode_json_body as encode_json_body,
@@ -36,7 +37,6 @@ from ._limiter import (
     RateLimiterStatistics as RateLimiterStatistics,
     RateLimitPermit as RateLimitPermit,
 )
-from ._fair import FairQueue as FairQueue
 from ._queue import (
     BoundedPriorityQueue as BoundedPriorityQueue,
     PriorityHeap as PriorityHeap,
@@ -71,7 +71,6 @@ from ._state import (
 
 __all__: list[str] = [
     "BoundedPriorityQueue",
-    "FairQueue",
     "BreakerCore",
     "BreakerPermit",
     "BreakerStatistics",
@@ -81,6 +80,7 @@ __all__: list[str] = [
     "EngineRunner",
     "EngineStatistics",
     "EnvCredential",
+    "FairQueue",
     "FileCredential",
     "HttpClientOptions",
     "MemorySpendWindow",

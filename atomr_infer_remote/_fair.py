@@ -99,9 +99,7 @@ class FairQueue(Generic[T]):
         """The next waiter by weighted fairness; ``IndexError`` when empty."""
         if not self._lanes:
             raise IndexError("pop from an empty fair queue")
-        tenant, lane = min(
-            self._lanes.items(), key=lambda kv: (kv[1].head_finish, kv[1].order)
-        )
+        tenant, lane = min(self._lanes.items(), key=lambda kv: (kv[1].head_finish, kv[1].order))
         lane.finish = lane.head_finish
         self._virtual = max(self._virtual, lane.head_start)
         item = lane.heap.pop()

@@ -181,7 +181,9 @@ class ClusterMetrics:
             "atomr_tenant_tokens_out", "Output tokens billed to a tenant.", ["tenant"], registry=r
         )
         self.tenant_cost = Counter(
-            "atomr_tenant_cost_usd", "A tenant's spend from usage x the price table.", ["tenant"],
+            "atomr_tenant_cost_usd",
+            "A tenant's spend from usage x the price table.",
+            ["tenant"],
             registry=r,
         )
         self.tenant_spend = Gauge(

@@ -106,7 +106,9 @@ class _Tenant:
             ):
                 if limit is not None:
                     windows.append(
-                        _Window(label, limit, seconds, state.window(f"tenant-budget:{key.name}:{label}"))
+                        _Window(
+                            label, limit, seconds, state.window(f"tenant-budget:{key.name}:{label}")
+                        )
                     )
         self.windows = tuple(windows)
         self.local = {"hour": _RollingSum(HOUR), "day": _RollingSum(DAY)}

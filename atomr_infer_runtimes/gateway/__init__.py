@@ -70,7 +70,7 @@ async def serve_gateway(
     check_bind_allowed(
         host,
         keys=all_keys(settings.api_keys, getattr(cluster.config, "keys", ())),
-        allow_unauthenticated=settings.allow_unauthenticated
+        allow_unauthenticated=settings.allow_unauthenticated,
     )
     grace = float(settings.shutdown_grace)
     config = _hypercorn_config(host, port, grace)
