@@ -270,7 +270,7 @@ async def test_no_key_string_appears_in_logs_status_metrics_or_error_bodies(
             response = await http.post(path, json=body, headers=_auth(key))
             seen.append(f"{response.status_code} {dict(response.headers)} {response.text}")
 
-        for tenant, key in KEYS.items():
+        for key in KEYS.values():
             for model in ("chat", "other", "missing"):
                 await post(key, model)
                 await post(key, model, "/v1/messages")
