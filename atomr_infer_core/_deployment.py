@@ -353,11 +353,17 @@ class TenantKey:
     when several tenants wait for it.
     """
 
+    #: shown in logs, metrics, status and the cost report (the key never is)
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    #: the gateway key clients of this tenant send
     key: Secret = attrs.field(repr=False)
+    #: deployment or pipeline names the key may use; empty: all
     models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: its share of a deployment's queued capacity when several tenants wait
     weight: float = attrs.field(default=1.0, validator=_gt0)
+    #: the tenant's own limits, over every deployment it uses
     rate_limits: RateLimits = attrs.Factory(RateLimits)
+    #: the tenant's own spend limits
     budget: Budget | None = None
 
     def problems(self) -> list[tuple[str, str]]:
