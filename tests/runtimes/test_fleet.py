@@ -236,8 +236,9 @@ async def test_a_tenants_rpm_and_budget_hold_across_processes(
             except BudgetExceededError:
                 outcomes.append("budget")
 
-        for i in range(6):  # in turn, so each settles before the next reserves
+        for i in range(6):  # in turn, each settled (refunds are queued) before the next
             await ask(fleet[i % 2])
+            await fleet[i % 2].state.settled()
         # the budget fits 2.5 worst cases; each settles to its real cost, so 3 pass and
         # the 4th is refused; the tenant's 4 requests a minute (the refused one counted)
         # hold over both processes
