@@ -1,8 +1,9 @@
-"""``python -m atomr_infer cost-report``: spend per deployment per hour or day.
+"""``python -m atomr_infer cost-report``: spend per deployment and per tenant per hour or day.
 
 Reads what the gateway recorded: the memory backend's ``state.spend_ledger`` (SQLite) or
 the Redis server of ``backend = "redis"``. Periods are UTC; each row is the spend
-settled in that period (real usage times the runtime's price table).
+settled in that period (real usage times the runtime's price table). Tenants
+(``[[key]]``) get a second table: the same spend, by the key's name (never the key).
 """
 
 from __future__ import annotations
@@ -27,10 +28,22 @@ def _fold(buckets: Mapping[float, float], by: str) -> dict[float, float]:
     return dict(out)
 
 
-def format_report(costs: Mapping[str, Mapping[float, float]], by: str) -> str:
-    """The table ``cost-report`` prints (``costs``: deployment → bucket end → USD)."""
+def format_report(
+    costs: Mapping[str, Mapping[float, float]],
+    by: str,
+    tenants: Mapping[str, Mapping[float, float]] | None = None,
+) -> str:
+    """The table ``cost-report`` prints (``costs``: deployment → bucket end → USD), then
+    the tenants' table when ``tenants`` (tenant → bucket end → USD) is given."""
+    text = _table("deployment", costs, by)
+    if tenants is not None:
+        text += "\n\n" + _table("tenant", tenants, by)
+    return text
+
+
+def _table(column: str, costs: Mapping[str, Mapping[float, float]], by: str) -> str:
     stamp = "%Y-%m-%d %H:00" if by == "hour" else "%Y-%m-%d"
-    lines = [f"{'deployment':<24} {by:<17} {'spend (USD)':>14}"]
+    lines = [f"{column:<24} {by:<17} {'spend (USD)':>14}"]
     total = 0.0
     for name in sorted(costs):
         for start, usd in sorted(_fold(costs[name], by).items()):
@@ -44,24 +57,29 @@ def format_report(costs: Mapping[str, Mapping[float, float]], by: str) -> str:
     return "\n".join(lines)
 
 
-def _ledger_costs(path: str) -> dict[str, dict[float, float]]:
+Costs = dict[str, dict[float, float]]
+
+
+def _ledger_costs(path: str, prefix: str = "cost:") -> Costs:
     from atomr_infer_remote._ledger import SpendLedger
 
     ledger = SpendLedger(path)
     try:
         return {
-            key.removeprefix("cost:"): dict(ledger.load(key, since=0.0))
-            for key in ledger.keys("cost:")
+            key.removeprefix(prefix): dict(ledger.load(key, since=0.0))
+            for key in ledger.keys(prefix)
         }
     finally:
         ledger.close()
 
 
-async def _redis_costs(config: Any) -> dict[str, dict[float, float]]:
+async def _redis_costs(config: Any) -> tuple[Costs, Costs]:
     from atomr_infer_remote._redis import open_redis_state, read_costs
 
     async with open_redis_state(config.state) as backend:
-        return await read_costs(backend, [d.name for d in config.deployments])
+        costs = await read_costs(backend, [d.name for d in config.deployments])
+        tenants = await read_costs(backend, [k.name for k in config.keys], kind="tenant-cost")
+        return costs, tenants
 
 
 def cost_report(path: str, by: str) -> int:
@@ -79,12 +97,13 @@ def cost_report(path: str, by: str) -> int:
         return 1
     if config.state.backend is StateBackendKind.REDIS:
         try:
-            costs = trio.run(_redis_costs, config)
+            costs, tenants = trio.run(_redis_costs, config)
         except (StateUnavailableError, OSError) as exc:
             print(f"cannot read spend from redis: {exc}", file=sys.stderr)
             return 1
     elif config.state.spend_ledger:
         costs = _ledger_costs(config.state.spend_ledger)
+        tenants = _ledger_costs(config.state.spend_ledger, "tenant-cost:")
     else:
         print(
             f"{path}: spend is not recorded: the memory backend keeps it only with a ledger; "
@@ -92,5 +111,5 @@ def cost_report(path: str, by: str) -> int:
             file=sys.stderr,
         )
         return 1
-    print(format_report(costs, by))
+    print(format_report(costs, by, tenants if config.keys or tenants else None))
     return 0

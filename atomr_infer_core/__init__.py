@@ -31,6 +31,7 @@ from ._deployment import (
     StateConfig as StateConfig,
     StateMode as StateMode,
     TelemetryConfig as TelemetryConfig,
+    TenantKey as TenantKey,
     Timeouts as Timeouts,
     UnavailablePolicy as UnavailablePolicy,
 )
@@ -146,6 +147,7 @@ __all__ = [
     "StepModel",
     "StopScanner",
     "TelemetryConfig",
+    "TenantKey",
     "TextPart",
     "Timeouts",
     "TokenChunk",

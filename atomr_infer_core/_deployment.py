@@ -35,6 +35,7 @@ __all__ = [
     "StateConfig",
     "StateMode",
     "TelemetryConfig",
+    "TenantKey",
     "Timeouts",
     "UnavailablePolicy",
 ]
@@ -348,13 +349,49 @@ class TelemetryConfig:
 
 
 @attrs.frozen(kw_only=True)
+class TenantKey:
+    """A tenant (``[[key]]``): its own gateway key, allowed models, limits and budget.
+
+    ``name`` is what logs, metrics, status and the cost report show; ``key`` never
+    appears anywhere. ``models`` lists deployment (or pipeline) names the key may use;
+    empty means all. ``weight`` is the tenant's share of a deployment's queued capacity
+    when several tenants wait for it.
+    """
+
+    #: shown in logs, metrics, status and the cost report (the key never is)
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    #: the gateway key clients of this tenant send
+    key: Secret = attrs.field(repr=False)
+    #: deployment or pipeline names the key may use; empty: all
+    models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: its share of a deployment's queued capacity when several tenants wait
+    weight: float = attrs.field(default=1.0, validator=_gt0)
+    #: the tenant's own limits, over every deployment it uses
+    rate_limits: RateLimits = attrs.Factory(RateLimits)
+    #: the tenant's own spend limits
+    budget: Budget | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Semantic problems as ``(relative path, message)`` pairs (empty when valid)."""
+        out: list[tuple[str, str]] = []
+        if not self.name.strip():
+            out.append(("name", "must not be empty"))
+        if not self.key:
+            out.append(("key", "must not be empty (an unset ${VAR:-} expands to nothing)"))
+        return out
+
+
+@attrs.frozen(kw_only=True)
 class Config:
-    """A whole project file: ``[cluster]``, ``[state]``, ``[telemetry]``, ``[[deployment]]``."""
+    """A whole project file: ``[cluster]``, ``[state]``, ``[telemetry]``, ``[[deployment]]``,
+    ``[[key]]``."""
 
     cluster: ClusterConfig = attrs.Factory(ClusterConfig)
     state: StateConfig = attrs.Factory(StateConfig)
     telemetry: TelemetryConfig = attrs.Factory(TelemetryConfig)
     deployments: tuple[Deployment, ...] = attrs.field(default=(), converter=tuple)
+    #: tenants: ``[[key]]`` tables
+    keys: tuple[TenantKey, ...] = attrs.field(default=(), converter=tuple)
 
     def deployment(self, name: str) -> Deployment:
         for dep in self.deployments:

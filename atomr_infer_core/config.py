@@ -233,14 +233,23 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(
         Config,
         make_dict_structure_fn(
-            Config, conv, _cattrs_forbid_extra_keys=True, deployments=override(rename="deployment")
+            Config,
+            conv,
+            _cattrs_forbid_extra_keys=True,
+            deployments=override(rename="deployment"),
+            keys=override(rename="key"),
         ),
     )
     from cattrs.gen import make_dict_unstructure_fn
 
     conv.register_unstructure_hook(
         Config,
-        make_dict_unstructure_fn(Config, conv, deployments=override(rename="deployment")),
+        make_dict_unstructure_fn(
+            Config,
+            conv,
+            deployments=override(rename="deployment"),
+            keys=override(rename="key"),
+        ),
     )
     return conv
 
@@ -263,8 +272,11 @@ def _note_path(exc: BaseException) -> str:
     return ""
 
 
+_TOML_NAMES = {"deployments": "deployment", "keys": "key"}
+
+
 def _toml_name(attr_name: str) -> str:
-    return "deployment" if attr_name == "deployments" else attr_name
+    return _TOML_NAMES.get(attr_name, attr_name)
 
 
 def _field_names(cls: Any) -> list[str]:
@@ -394,6 +406,8 @@ def _prepare(
         ]
     elif isinstance(deployments, Mapping):
         problems.append(("deployment", "use [[deployment]] (an array of tables), not [deployment]"))
+    if isinstance(data.get("key"), Mapping):
+        problems.append(("key", "use [[key]] (an array of tables), not [key]"))
     return data, problems
 
 
@@ -415,6 +429,7 @@ def _semantic_problems(config: Config) -> list[tuple[str, str]]:
         for j, fb in enumerate(dep.fallbacks):
             if fb not in names:
                 problems.append((f"{base}.fallbacks[{j}]", f"no deployment named {fb!r}"))
+    problems += _key_problems(config)
     bind = config.cluster.bind
     host, sep, port = bind.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -425,6 +440,55 @@ def _semantic_problems(config: Config) -> list[tuple[str, str]]:
         problems.append(
             ("state.url", "required when backend = 'redis' (e.g. 'redis://127.0.0.1:6379/0')")
         )
+    return problems
+
+
+def _routable_names(config: Config) -> set[str]:
+    """What a tenant's ``models`` may name: deployments, and pipelines where configured."""
+    names = {d.name for d in config.deployments}
+    names |= {p.name for p in getattr(config, "pipelines", ())}
+    return names
+
+
+def _key_problems(config: Config) -> list[tuple[str, str]]:
+    """``[[key]]``: valid names, known models, no duplicate names or key strings.
+
+    A duplicate key string is reported by position only: the key itself is never printed.
+    """
+    problems: list[tuple[str, str]] = []
+    names = _routable_names(config)
+    seen_names: dict[str, int] = {}
+    seen_keys: list[tuple[Secret, str]] = [
+        (k, f"cluster.api_keys[{i}]") for i, k in enumerate(config.cluster.api_keys)
+    ]
+    for i, tenant in enumerate(config.keys):
+        base = f"key[{i}]"
+        problems += [(f"{base}.{p}", m) for p, m in tenant.problems()]
+        if tenant.name in seen_names:
+            problems.append(
+                (
+                    f"{base}.name",
+                    f"duplicate key name {tenant.name!r} (also key[{seen_names[tenant.name]}])",
+                )
+            )
+        seen_names.setdefault(tenant.name, i)
+        if tenant.key:
+            # Secret equality compares in constant time; the message names positions only
+            other = next((where for k, where in seen_keys if k == tenant.key), None)
+            if other is not None:
+                problems.append(
+                    (f"{base}.key", f"the same key string as {other}; every key must be unique")
+                )
+            seen_keys.append((tenant.key, base))
+        for j, model in enumerate(tenant.models):
+            if model not in names:
+                known = ", ".join(sorted(names)) or "none"
+                problems.append(
+                    (
+                        f"{base}.models[{j}]",
+                        f"no deployment or pipeline named {model!r} (known: {known})",
+                    )
+                )
     return problems
 
 

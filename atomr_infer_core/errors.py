@@ -15,6 +15,7 @@
     ├── PayloadTooLargeError            413                                   -
     ├── UnauthorizedError               401                                   -
     ├── ForbiddenError                  403                                   -
+    │   └── ModelNotAllowedError        403 model_not_allowed: a [[key]]'s models -
     ├── NotFoundError                   404 model_not_found                   -
     ├── NetworkError                    502                                   retryable, breaker
     ├── ServerError                     502; upstream status and body         retryable, breaker
@@ -51,6 +52,7 @@ __all__ = [
     "InferenceError",
     "InternalError",
     "MalformedStreamError",
+    "ModelNotAllowedError",
     "NetworkError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -296,6 +298,14 @@ class ForbiddenError(InferenceError):
     kind = "forbidden"
     http_status = 403
     error_type = "permission_error"
+
+
+class ModelNotAllowedError(ForbiddenError):
+    """The gateway key is valid but its tenant (``[[key]].models``) may not use the model."""
+
+    kind = "model_not_allowed"
+    code = "model_not_allowed"
+    _fields = ("model",)
 
 
 class NotFoundError(InferenceError):

@@ -24,6 +24,7 @@ from ._engine import (
     RemoteEngine as RemoteEngine,
     StreamParser as StreamParser,
 )
+from ._fair import FairQueue as FairQueue
 from ._http import (
     HttpClientOptions as HttpClientOptions,
     encode_json_body as encode_json_body,
@@ -79,6 +80,7 @@ __all__: list[str] = [
     "EngineRunner",
     "EngineStatistics",
     "EnvCredential",
+    "FairQueue",
     "FileCredential",
     "HttpClientOptions",
     "MemorySpendWindow",

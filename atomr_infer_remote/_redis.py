@@ -154,6 +154,12 @@ class RedisStateBackend:
         args = [hour_end, repr(amount), COST_HISTORY_S]
         self.submit("COST_RECORD", [self.key("cost", deployment)], args)
 
+    def record_tenant_cost(self, tenant: str, at: float, amount: float) -> None:
+        """Add to tenant (``[[key]]``) ``tenant``'s spend of the hour holding ``at``."""
+        hour_end = (math.floor(at / 3600.0) + 1) * 3600
+        args = [hour_end, repr(amount), COST_HISTORY_S]
+        self.submit("COST_RECORD", [self.key("tenant-cost", tenant)], args)
+
     def put_value(self, name: str, value: str, ttl_s: float) -> None:
         """Store ``value`` under ``name`` for the fleet for ``ttl_s`` seconds (queued: the
         caller does not wait; a value lost to an outage is only missing, never wrong)."""
@@ -681,11 +687,12 @@ async def open_redis_state(
 
 
 async def read_costs(
-    backend: RedisStateBackend, deployments: list[str]
+    backend: RedisStateBackend, deployments: list[str], *, kind: str = "cost"
 ) -> dict[str, dict[float, float]]:
-    """Hourly spend per deployment: ``{name: {hour end: usd}}`` (``cost-report``)."""
+    """Hourly spend per deployment: ``{name: {hour end: usd}}`` (``cost-report``);
+    ``kind = "tenant-cost"``: per tenant, ``deployments`` then names tenants."""
     out: dict[str, dict[float, float]] = {}
     for name in deployments:
-        raw = await backend._client.hgetall(backend.key("cost", name))
+        raw = await backend._client.hgetall(backend.key(kind, name))
         out[name] = {float(hour): float(usd) for hour, usd in raw.items()}
     return out

@@ -251,6 +251,11 @@ class MemoryStateBackend:
         if self.ledger is not None:
             self.ledger.record(f"cost:{deployment}", at, amount)
 
+    def record_tenant_cost(self, tenant: str, at: float, amount: float) -> None:
+        """Note spend of tenant (``[[key]]``) ``tenant`` for the cost report (ledger only)."""
+        if self.ledger is not None:
+            self.ledger.record(f"tenant-cost:{tenant}", at, amount)
+
 
 @asynccontextmanager
 async def open_state_backend(config: StateConfig) -> AsyncIterator[StateBackend]:
@@ -302,3 +307,4 @@ async def _flush_every_second(ledger: SpendLedger) -> None:
         await trio.sleep(1.0)
         ledger.flush()
         ledger.prune("budget:", time.time() - 2 * _LONGEST_WINDOW)
+        ledger.prune("tenant-budget:", time.time() - 2 * _LONGEST_WINDOW)

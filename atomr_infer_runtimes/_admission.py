@@ -7,9 +7,12 @@
   replicas (none while no replica serves; halved while a ``throttle`` budget is exceeded);
   with a shared state backend also one of ``max_concurrent`` leased slots of the whole
   fleet, so the cap holds across processes too. When none is free, ``on_capacity_exhausted`` says:
-  ``reject`` fails now, ``queue`` waits (priority, then FIFO; at most
-  ``serving.max_queued`` waiters) until the request's deadline, ``fallback`` fails with
-  CapacityExhaustedError so the cluster moves to the next deployment.
+  ``reject`` fails now, ``queue`` waits (at most ``serving.max_queued`` waiters) until
+  the request's deadline, ``fallback`` fails with CapacityExhaustedError so the cluster
+  moves to the next deployment. Waiters of several tenants (``batch.tenant``) share freed
+  slots in proportion to their tenant's ``weight`` (weighted fair queueing, see
+  ``atomr_infer_remote.FairQueue``); within a tenant, priority then FIFO. Requests
+  without a tenant form one default tenant of weight 1.
 
 Waits run in the caller's task under the request's deadline scope: cancelling the
 request removes it from every queue at once.
@@ -18,7 +21,7 @@ request removes it from every queue at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import attrs
@@ -26,7 +29,7 @@ import trio
 
 from atomr_infer_core import CapacityPolicy, Deployment, ExecuteBatch, Priority, TokenUsage
 from atomr_infer_core.errors import CapacityExhaustedError, RateLimitedError
-from atomr_infer_remote import BoundedPriorityQueue
+from atomr_infer_remote import FairQueue
 
 from ._budget import BudgetGuard, Reservation
 from ._metrics import ClusterMetrics
@@ -38,20 +41,22 @@ __all__ = ["Admission", "CapacityGate", "Ticket"]
 class _Waiter:
     event: trio.Event = attrs.Factory(trio.Event)
     granted: bool = False
+    tenant: Hashable = None
 
 
 class CapacityGate:
-    """Counting slots with a bounded priority-then-FIFO waiting line.
+    """Counting slots with a bounded waiting line, fair between tenants.
 
-    The line is the remote layer's ``BoundedPriorityQueue``. A released slot is handed
-    straight to the head waiter, so a newcomer cannot overtake the line. Not
-    thread-safe (one trio run).
+    The line is the remote layer's ``FairQueue`` (weighted fair between tenants;
+    priority, then FIFO within one). A released slot is handed straight to the waiter
+    the line picks, so a newcomer cannot overtake it. Not thread-safe (one trio run).
     """
 
     def __init__(self, limit: int, max_queued: int) -> None:
         self._limit = limit
         self.in_use = 0
-        self._line: BoundedPriorityQueue[_Waiter] = BoundedPriorityQueue(max_queued)
+        self.max_queued = max_queued
+        self._line: FairQueue[_Waiter] = FairQueue()
 
     @property
     def limit(self) -> int:
@@ -72,13 +77,21 @@ class CapacityGate:
             return True
         return False
 
-    async def acquire(self, priority: Priority) -> None:
+    async def acquire(
+        self, priority: Priority, *, tenant: Hashable = None, weight: float = 1.0
+    ) -> None:
         """Wait for a slot in line. Raises CapacityExhaustedError when the line is full."""
         if self.try_acquire():
             await trio.lowlevel.checkpoint()
             return
+        if len(self._line) >= self.max_queued:
+            raise CapacityExhaustedError(
+                f"the request queue is full ({self.max_queued} waiting); retry shortly or "
+                "raise serving.max_queued"
+            )
         waiter = _Waiter()
-        self._line.put_nowait(waiter, priority)
+        waiter.tenant = tenant
+        self._line.push(waiter, tenant=tenant, weight=weight, priority=priority)
         try:
             await waiter.event.wait()
         except BaseException:
@@ -94,7 +107,7 @@ class CapacityGate:
 
     def _grant(self) -> None:
         while self._line and self.in_use < self._limit:
-            waiter = self._line.get_nowait()
+            waiter = self._line.pop()
             waiter.granted = True
             self.in_use += 1
             waiter.event.set()
@@ -123,6 +136,7 @@ class Admission:
         metrics: ClusterMetrics,
         serving_replicas: Callable[[], int],
         fleet_capacity: Any = None,
+        weight_of: Callable[[str | None], float] | None = None,
     ) -> None:
         self.deployment = deployment
         self.budget = budget
@@ -131,6 +145,8 @@ class Admission:
         self.fleet_capacity = fleet_capacity
         self._metrics = metrics
         self._serving_replicas = serving_replicas
+        #: a tenant's share of this deployment's queue (the cluster's tenants set it)
+        self.weight_of: Callable[[str | None], float] = weight_of or _equal_weight
         self.capacity = CapacityGate(0, deployment.serving.max_queued)
         budget.on_throttle_change = lambda _over: self.refresh_capacity()
 
@@ -198,7 +214,9 @@ class Admission:
         started = trio.current_time()
         bound.queue_depth.set(gate.queued + 1)
         try:
-            await gate.acquire(batch.priority)
+            await gate.acquire(
+                batch.priority, tenant=batch.tenant, weight=self.weight_of(batch.tenant)
+            )
         finally:
             bound.queue_depth.set(gate.queued)
         bound.queue_wait.observe(trio.current_time() - started)
@@ -237,6 +255,10 @@ class Admission:
             reservation, ticket.reservation = ticket.reservation, None
             return await self.budget.settle(reservation, usage)
         return None
+
+
+def _equal_weight(_tenant: str | None) -> float:
+    return 1.0
 
 
 def _release_permit(limiter: Any, permit: Any, usage: TokenUsage | None) -> None:

@@ -72,6 +72,7 @@ from ._rotation import RotationResult, rotate_credentials
 from ._routing import fallback_chain, resolve_deployment
 from ._supervisor import RestartPolicy
 from ._telemetry import RequestTrace, Telemetry, telemetry_from_config
+from ._tenants import Tenants, TenantStatus, TenantTicket
 
 __all__ = ["Cluster", "ClusterStatus", "Execution", "open_cluster"]
 
@@ -96,6 +97,8 @@ class ClusterStatus:
     deployments: tuple[DeploymentStatus, ...]
     #: where limits hold: ``process`` (memory state) or ``fleet`` (shared, redis)
     state_scope: str = "process"
+    #: the ``[[key]]`` tenants, with this process's requests and spend
+    tenants: tuple[TenantStatus, ...] = ()
 
 
 class _RequestLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -183,6 +186,8 @@ class Execution:
         #: output received from the runner so far (charged when no usage arrives)
         self._produced_chunks = 0
         self._produced_chars = 0
+        #: what the request's tenant admission took (``cluster.tenants``), or None
+        self._tenant_ticket: TenantTicket | None = None
 
     # -- entering: route, admit, dispatch, first chunk ------------------------------
 
@@ -199,6 +204,7 @@ class Execution:
         except BaseException as exc:
             # no output: the request ends here, counted once with how it ended (a client
             # that left first is "cancelled": the gateway's 499)
+            await self._release_tenant(exc)
             self._record(exc)  # ends the trace too
             raise
 
@@ -212,6 +218,7 @@ class Execution:
         deadline = self.batch.deadline
         if deadline is None:
             deadline = self._arrival + primary.deployment.timeouts.request_timeout
+        self._tenant_ticket = await cluster.tenants.admit(self.batch, deadline=deadline)
         chain = fallback_chain(primary.name, cluster._fallbacks())
         last: InferenceError | None = None
         for position, name in enumerate(chain):
@@ -514,8 +521,19 @@ class Execution:
             error = new
             raise
         finally:
+            await self._release_tenant(error)
             self._record(error)
         return None
+
+    async def _release_tenant(self, error: BaseException | None) -> None:
+        ticket, self._tenant_ticket = self._tenant_ticket, None
+        if ticket is None:
+            return
+        outcome = "ok" if error is None else "cancelled" if _only_cancelled(error) else "error"
+        usage = self.usage or self._usage_so_far()
+        await self._cluster.tenants.release(
+            ticket, usage=usage, cost=self.cost_usd, outcome=outcome
+        )
 
     def _record(self, error: BaseException | None) -> None:
         """Count the request, once, with its outcome (ok, error kind, cancelled)."""
@@ -591,6 +609,15 @@ class Cluster:
         self._deployments: dict[str, DeploymentRuntime] = {}
         self._order: list[str] = []
         self.metrics.on_render(self._refresh_gauges)
+        #: the ``[[key]]`` tenants: models, limits, budgets, queue weights
+        self.tenants = Tenants(
+            config.keys,
+            state=state,
+            metrics=self.metrics,
+            clock=clock,
+            route=self.route,
+            price_of=self._price_of,
+        )
 
     # -- routing -------------------------------------------------------------------
 
@@ -602,6 +629,11 @@ class Cluster:
 
     def _runtime(self, name: str) -> DeploymentRuntime:
         return self._deployments[name]
+
+    def _price_of(self, model: str) -> Any:
+        """The price a request for ``model`` is reserved at: its first deployment's."""
+        runtime = self._deployments.get(self.route(model))
+        return None if runtime is None else runtime.price
 
     def _fallbacks(self) -> Mapping[str, Sequence[str]]:
         return {name: rt.deployment.fallbacks for name, rt in self._deployments.items()}
@@ -796,6 +828,7 @@ class Cluster:
             clock=self._clock,
             observer=None if self.telemetry is None else self.telemetry.observer(str(plugin.name)),
         )
+        runtime.admission.weight_of = self.tenants.weight
         await self._nursery.start(runtime.run)
         old = self._deployments.get(deployment.name)
         if old is not None and runtime.state is DeploymentState.FAILED:
@@ -850,6 +883,7 @@ class Cluster:
             ready=all(d.state == DeploymentState.SERVING.value for d in deployments),
             deployments=deployments,
             state_scope=getattr(self.state, "scope", "process"),
+            tenants=self.tenants.status(),
         )
 
     def _refresh_gauges(self) -> None:

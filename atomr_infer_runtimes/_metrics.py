@@ -166,6 +166,35 @@ class ClusterMetrics:
             "Calls to the shared state backend that failed (unreachable or too slow).",
             registry=r,
         )
+        # per tenant ([[key]]): the label only ever takes the configured names
+        self.tenant_requests = Counter(
+            "atomr_tenant_requests",
+            "Requests of a tenant ([[key]] name) finished, by status "
+            "(ok|error|cancelled|rejected: refused by the tenant's own limits or models).",
+            ["tenant", "status"],
+            registry=r,
+        )
+        self.tenant_tokens_in = Counter(
+            "atomr_tenant_tokens_in", "Input tokens billed to a tenant.", ["tenant"], registry=r
+        )
+        self.tenant_tokens_out = Counter(
+            "atomr_tenant_tokens_out", "Output tokens billed to a tenant.", ["tenant"], registry=r
+        )
+        self.tenant_cost = Counter(
+            "atomr_tenant_cost_usd",
+            "A tenant's spend from usage x the price table.",
+            ["tenant"],
+            registry=r,
+        )
+        self.tenant_spend = Gauge(
+            "atomr_tenant_spend_usd",
+            "A tenant's spend in the current rolling window.",
+            ["tenant", "window"],
+            registry=r,
+        )
+        self.tenant_in_flight = Gauge(
+            "atomr_tenant_in_flight", "A tenant's requests being served.", ["tenant"], registry=r
+        )
         self.state_available.set(1.0)
         ProcessCollector(registry=r)
         self._exposed = _WithoutCreated(r)

@@ -62,13 +62,13 @@ def deployment_problems(config: Config, registry: Any) -> Problems:
 
 def gateway_problems(config: Config, host: str | None = None) -> Problems:
     """What stops ``serve`` from binding: a public address without API keys."""
-    from .gateway import check_bind_allowed
+    from .gateway._auth import all_keys, check_bind_allowed
 
     settings = config.cluster
     try:
         check_bind_allowed(
             settings.host if host is None else host,
-            keys=settings.api_keys,
+            keys=all_keys(settings.api_keys, config.keys),
             allow_unauthenticated=settings.allow_unauthenticated,
         )
     except ConfigError as exc:

@@ -13,7 +13,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from ._app import create_app as create_app
-from ._auth import check_bind_allowed as check_bind_allowed
+from ._auth import all_keys, check_bind_allowed as check_bind_allowed
 from ._errors import error_body as error_body, error_response as error_response
 from ._hypercorn import install as _install_connection_fixes
 
@@ -68,7 +68,9 @@ async def serve_gateway(
     host = settings.host if host is None else host
     port = settings.port if port is None else port
     check_bind_allowed(
-        host, keys=settings.api_keys, allow_unauthenticated=settings.allow_unauthenticated
+        host,
+        keys=all_keys(settings.api_keys, getattr(cluster.config, "keys", ())),
+        allow_unauthenticated=settings.allow_unauthenticated,
     )
     grace = float(settings.shutdown_grace)
     config = _hypercorn_config(host, port, grace)

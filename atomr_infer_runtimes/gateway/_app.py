@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 import trio
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from atomr_infer_core import RequestKind, TokenChunk, Tokens, TokensBuilder, TokenUsage
@@ -133,7 +133,7 @@ class _Gateway:
         self.cluster = cluster
         self.quart = quart_app
         settings = cluster.config.cluster
-        self.keys = KeyChecker(settings.api_keys)
+        self.keys = KeyChecker(settings.api_keys, getattr(cluster.config, "keys", ()))
         self.max_body = settings.max_request_bytes
         #: one cancel scope per running request; shutdown sets their deadline
         self._cuts: set[trio.CancelScope] = set()
@@ -203,7 +203,9 @@ class _Gateway:
             await send(message)
 
         try:
-            self.keys.check(door.authorization(headers) if door else headers.get(b"authorization"))
+            tenant = self.keys.check(
+                door.authorization(headers) if door else headers.get(b"authorization")
+            )
             length = headers.get(b"content-length")
             body = await read_body(
                 receive,
@@ -217,6 +219,10 @@ class _Gateway:
                 parsed = door.parse(data, request_id, headers)
             else:
                 parsed = parser(parse_json_body(body), request_id)
+            served.tenant = tenant
+            if tenant is not None:
+                _assign_tenant(self.cluster, parsed, tenant)
+            if door is None:
                 check_features(parsed.batch, target_runtime(self.cluster, parsed.model))
             reached_cluster = True  # from here on the cluster counts the request
             served.tenant = parsed.batch.tenant
@@ -475,6 +481,26 @@ class _Gateway:
         return attrs.evolve(shifted, usage=chunk.usage)
 
 
+def _assign_tenant(cluster: Any, parsed: ParsedRequest, tenant: str) -> None:
+    """Label the request (and each prompt's batch) with ``tenant``; a model the tenant
+    may not use is refused here (403), before anything runs."""
+    tenants = getattr(cluster, "tenants", None)
+    if tenants is not None:
+        tenants.check_model(tenant, parsed.model)
+    parsed.batch = attrs.evolve(parsed.batch, tenant=tenant)
+    if parsed.prompts:
+        parsed.prompts = tuple(attrs.evolve(p, tenant=tenant) for p in parsed.prompts)
+
+
+def _visible(cluster: Any, names: list[str]) -> set[str]:
+    """The deployments the request's key may use (``g.tenant`` from the auth hook)."""
+    tenants = getattr(cluster, "tenants", None)
+    tenant = getattr(g, "tenant", None)
+    if tenants is None or tenant is None:
+        return set(names)
+    return set(tenants.visible(tenant, names))
+
+
 def _shutting_down() -> ShuttingDownError:
     return ShuttingDownError(
         "the gateway is shutting down and its shutdown_grace ran out for this request; "
@@ -542,7 +568,7 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
         if request.path.startswith(("/v1/", "/admin/")):
             try:
                 raw = request.headers.get("authorization")
-                keys.check(raw.encode("latin1") if raw else None)
+                g.tenant = keys.check(raw.encode("latin1") if raw else None)
             except InferenceError as exc:
                 return _error_json(exc)
         return None
@@ -574,12 +600,20 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
     async def cluster_status() -> Response:
         status = await _maybe_await(cluster.status())
         deployments = await _maybe_await(cluster.list())
+        tenant = getattr(g, "tenant", None)
+        # a tenant's key sees its own tenant only; a cluster key (or no auth) sees all
+        tenants = [
+            to_plain(t)
+            for t in getattr(status, "tenants", ())
+            if tenant is None or t.name == tenant
+        ]
         return _json_response(
             {
                 "name": status.name,
                 "ready": bool(status.ready),
                 "state_scope": getattr(status, "state_scope", "process"),
                 "deployments": [to_plain(d) for d in deployments],
+                "tenants": tenants,
             }
         )
 
@@ -625,12 +659,16 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
     @app.get("/v1/models")
     async def models() -> Response:
         deployments = await _maybe_await(cluster.list())
-        return _json_response({"object": "list", "data": [_model(d) for d in deployments]})
+        visible = _visible(cluster, [d.name for d in deployments])
+        data = [_model(d) for d in deployments if d.name in visible]
+        return _json_response({"object": "list", "data": data})
 
     @app.get("/v1/models/<path:model_id>")
     async def model(model_id: str) -> Response:
-        for d in await _maybe_await(cluster.list()):
-            if d.name == model_id:
+        deployments = await _maybe_await(cluster.list())
+        visible = _visible(cluster, [d.name for d in deployments])
+        for d in deployments:
+            if d.name == model_id and d.name in visible:
                 return _json_response(_model(d))
         return _error_json(
             NotFoundError(
@@ -665,7 +703,7 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
 def create_app(cluster: Any) -> Any:
     """The gateway's ASGI app for ``cluster`` (see the module docstring)."""
     settings = cluster.config.cluster
-    keys = KeyChecker(settings.api_keys)
+    keys = KeyChecker(settings.api_keys, getattr(cluster.config, "keys", ()))
     app: Any = _Gateway(cluster, _build_quart(cluster, keys))
     origins = getattr(settings, "cors_origins", ())
     return CORSMiddleware(app, origins) if origins else app

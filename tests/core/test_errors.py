@@ -22,6 +22,7 @@ ALL_ERRORS = [
     errors.PayloadTooLargeError("big", limit_bytes=10),
     errors.UnauthorizedError("who"),
     errors.ForbiddenError("no"),
+    errors.ModelNotAllowedError("not yours", model="chat"),
     errors.NotFoundError("none", model="x"),
     errors.NetworkError("down"),
     errors.ServerError("boom", status=503, body="oops"),

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -18,9 +19,11 @@ from atomr_infer_core import (
     CapacityPolicy,
     Config,
     RateLimits,
+    RequestKind,
     Secret,
     Serving,
     StateConfig,
+    TenantKey,
 )
 from atomr_infer_core.errors import (
     BudgetExceededError,
@@ -205,3 +208,40 @@ async def test_dead_redis_fails_open_on_local_limits(
             assert (await cluster.complete("chat", prompt="q")).text == "Hello, world!"
         with pytest.raises(RateLimitedError):
             await cluster.complete("chat", prompt="q")
+
+
+async def test_a_tenants_rpm_and_budget_hold_across_processes(
+    redis_server, mock_plugin, mock_deployment
+) -> None:
+    dep = mock_deployment("chat")
+    tenant = TenantKey(
+        name="team-a",
+        key=Secret("sk-team-a"),
+        rate_limits=RateLimits(requests_per_minute=4),
+        budget=Budget(max_spend_per_hour_usd=2.5 * WORST),
+    )
+    config = attrs.evolve(fleet_config(redis_server.url, dep), keys=(tenant,))
+    async with clusters(config, mock_plugin, 2) as fleet:
+        outcomes: list[str] = []
+
+        async def ask(cluster: Any) -> None:
+            batch = cluster._batch(
+                "chat", RequestKind.COMPLETION, prompt=PROMPT, sampling={"max_tokens": 8}
+            )
+            try:
+                await cluster._collect(attrs.evolve(batch, tenant="team-a"))
+                outcomes.append("ok")
+            except RateLimitedError:
+                outcomes.append("rpm")
+            except BudgetExceededError:
+                outcomes.append("budget")
+
+        for i in range(6):  # in turn, each settled (refunds are queued) before the next
+            await ask(fleet[i % 2])
+            await fleet[i % 2].state.settled()
+        # the budget fits 2.5 worst cases; each settles to its real cost, so 3 pass and
+        # the 4th is refused; the tenant's 4 requests a minute (the refused one counted)
+        # hold over both processes
+        assert outcomes == ["ok", "ok", "ok", "budget", "rpm", "rpm"]
+        untenanted = await fleet[1].complete("chat", prompt=PROMPT, max_tokens=8)
+        assert untenanted.cost_usd == pytest.approx(REAL)
