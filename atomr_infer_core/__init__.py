@@ -68,6 +68,12 @@ from ._messages import (
     TextPart as TextPart,
     estimate_tokens as estimate_tokens,
 )
+from ._pipeline import (
+    BalanceStrategy as BalanceStrategy,
+    EscalateWhen as EscalateWhen,
+    Pipeline as Pipeline,
+    PipelineKind as PipelineKind,
+)
 from ._plugin import (
     RunnerContext as RunnerContext,
     RuntimePlugin as RuntimePlugin,
@@ -97,6 +103,7 @@ DISTRIBUTION = "atomr-infer-trio"
 
 __all__ = [
     "LOCAL_DECODER_FEATURES",
+    "BalanceStrategy",
     "Budget",
     "BudgetAction",
     "CapacityPolicy",
@@ -107,6 +114,7 @@ __all__ = [
     "ConfigError",
     "ContentPart",
     "Deployment",
+    "EscalateWhen",
     "ExecuteBatch",
     "FinishReason",
     "ImageBase64Part",
@@ -119,6 +127,8 @@ __all__ = [
     "ModelRunner",
     "OutputConstraint",
     "Passthrough",
+    "Pipeline",
+    "PipelineKind",
     "PriceTable",
     "Priority",
     "ProviderKind",

@@ -29,7 +29,7 @@ from ._secret import Secret
 __all__ = ["config_schema"]
 
 _DURATION_PATTERN = r"^\s*\d+(\.\d*)?([eE][-+]?\d+)?\s*(ms|s|m|h)\s*$"
-_RENAMED = {(Config, "deployments"): "deployment"}
+_RENAMED = {(Config, "deployments"): "deployment", (Config, "pipelines"): "pipeline"}
 _COMMENT = re.compile(r"^\s*#:\s?(.*)$")
 _FIELD = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*:")
 

@@ -236,14 +236,23 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(
         Config,
         make_dict_structure_fn(
-            Config, conv, _cattrs_forbid_extra_keys=True, deployments=override(rename="deployment")
+            Config,
+            conv,
+            _cattrs_forbid_extra_keys=True,
+            deployments=override(rename="deployment"),
+            pipelines=override(rename="pipeline"),
         ),
     )
     from cattrs.gen import make_dict_unstructure_fn
 
     conv.register_unstructure_hook(
         Config,
-        make_dict_unstructure_fn(Config, conv, deployments=override(rename="deployment")),
+        make_dict_unstructure_fn(
+            Config,
+            conv,
+            deployments=override(rename="deployment"),
+            pipelines=override(rename="pipeline"),
+        ),
     )
     return conv
 
@@ -267,7 +276,7 @@ def _note_path(exc: BaseException) -> str:
 
 
 def _toml_name(attr_name: str) -> str:
-    return "deployment" if attr_name == "deployments" else attr_name
+    return {"deployments": "deployment", "pipelines": "pipeline"}.get(attr_name, attr_name)
 
 
 def _field_names(cls: Any) -> list[str]:
@@ -418,6 +427,7 @@ def _semantic_problems(config: Config) -> list[tuple[str, str]]:
         for j, fb in enumerate(dep.fallbacks):
             if fb not in names:
                 problems.append((f"{base}.fallbacks[{j}]", f"no deployment named {fb!r}"))
+    problems += _pipeline_problems(config)
     bind = config.cluster.bind
     host, sep, port = bind.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -429,6 +439,51 @@ def _semantic_problems(config: Config) -> list[tuple[str, str]]:
             ("state.url", "required when backend = 'redis' (e.g. 'redis://127.0.0.1:6379/0')")
         )
     return problems
+
+
+def _pipeline_problems(config: Config) -> list[tuple[str, str]]:
+    """Each pipeline's own problems, and the names it refers to (see ``_pipeline.py``)."""
+    problems: list[tuple[str, str]] = []
+    deployments = {d.name for d in config.deployments}
+    kinds = {p.name: p.kind for p in config.pipelines}
+    seen: dict[str, int] = {}
+    for i, pipe in enumerate(config.pipelines):
+        base = f"pipeline[{i}]"
+        problems += [(f"{base}.{p}", m) for p, m in pipe.problems()]
+        if pipe.name in deployments:
+            problems.append(
+                (f"{base}.name", f"{pipe.name!r} is a deployment's name too; rename one of them")
+            )
+        if pipe.name in seen:
+            problems.append(
+                (
+                    f"{base}.name",
+                    f"duplicate pipeline name {pipe.name!r} (also pipeline[{seen[pipe.name]}])",
+                )
+            )
+        seen.setdefault(pipe.name, i)
+        cascade = pipe.kind.value == "cascade"
+        key = "steps" if cascade else "members"
+        for j, name in enumerate(pipe.steps if cascade else pipe.members):
+            message = _reference_problem(name, deployments, kinds, cascade=cascade)
+            if message is not None:
+                problems.append((f"{base}.{key}[{j}]", message))
+    return problems
+
+
+def _reference_problem(
+    name: str, deployments: set[str], kinds: Mapping[str, Any], *, cascade: bool
+) -> str | None:
+    if name in deployments:
+        return None
+    kind = kinds.get(name)
+    if kind is None:
+        return f"no deployment named {name!r}"
+    if cascade and kind.value == "balance":
+        return None  # a cascade step may be a balance (a balance names deployments only)
+    if cascade:
+        return f"{name!r} is a cascade; a cascade step names a deployment or a balance pipeline"
+    return f"{name!r} is a pipeline; a balance member names a deployment"
 
 
 def load_config(
