@@ -250,7 +250,7 @@ class Balancer:
         return [m.name for m in rest]
 
     def _by_outstanding(self, usable: list[MemberView]) -> list[str]:
-        index = {m.name: i for i, m in enumerate(self.pipeline.members)}
+        index = {name: i for i, name in enumerate(self.pipeline.members)}
         loads = [(index.get(m.name, 0), m.outstanding) for m in usable]
         first = least_outstanding(loads, after=self._last_pick)
         self._last_pick = first if first is not None else -1
