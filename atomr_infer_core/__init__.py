@@ -69,6 +69,12 @@ from ._messages import (
     TextPart as TextPart,
     estimate_tokens as estimate_tokens,
 )
+from ._pipeline import (
+    BalanceStrategy as BalanceStrategy,
+    EscalateWhen as EscalateWhen,
+    Pipeline as Pipeline,
+    PipelineKind as PipelineKind,
+)
 from ._plugin import (
     RunnerContext as RunnerContext,
     RuntimePlugin as RuntimePlugin,
@@ -98,6 +104,7 @@ DISTRIBUTION = "atomr-infer-trio"
 
 __all__ = [
     "LOCAL_DECODER_FEATURES",
+    "BalanceStrategy",
     "Budget",
     "BudgetAction",
     "CapacityPolicy",
@@ -108,6 +115,7 @@ __all__ = [
     "ConfigError",
     "ContentPart",
     "Deployment",
+    "EscalateWhen",
     "ExecuteBatch",
     "FinishReason",
     "ImageBase64Part",
@@ -120,6 +128,8 @@ __all__ = [
     "ModelRunner",
     "OutputConstraint",
     "Passthrough",
+    "Pipeline",
+    "PipelineKind",
     "PriceTable",
     "Priority",
     "ProviderKind",

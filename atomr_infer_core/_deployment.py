@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any, NewType
 import attrs
 
 from ._kinds import RuntimeKind, infer_runtime
+
+# the schema generator resolves Config's annotations (and Pipeline's) in this module
+from ._pipeline import BalanceStrategy, EscalateWhen, Pipeline, PipelineKind  # noqa: F401
 from ._secret import Secret
 from ._validators import at_least, greater_than, optional
 
@@ -384,7 +387,7 @@ class TenantKey:
 @attrs.frozen(kw_only=True)
 class Config:
     """A whole project file: ``[cluster]``, ``[state]``, ``[telemetry]``, ``[[deployment]]``,
-    ``[[key]]``."""
+    ``[[key]]``, ``[[pipeline]]``."""
 
     cluster: ClusterConfig = attrs.Factory(ClusterConfig)
     state: StateConfig = attrs.Factory(StateConfig)
@@ -392,6 +395,15 @@ class Config:
     deployments: tuple[Deployment, ...] = attrs.field(default=(), converter=tuple)
     #: tenants: ``[[key]]`` tables
     keys: tuple[TenantKey, ...] = attrs.field(default=(), converter=tuple)
+
+    #: model names composed of deployments: cascades and balances (``[[pipeline]]``)
+    pipelines: tuple[Pipeline, ...] = attrs.field(default=(), converter=tuple)
+
+    def pipeline(self, name: str) -> Pipeline:
+        for pipe in self.pipelines:
+            if pipe.name == name:
+                return pipe
+        raise KeyError(name)
 
     def deployment(self, name: str) -> Deployment:
         for dep in self.deployments:

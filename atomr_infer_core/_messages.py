@@ -188,6 +188,9 @@ class ExecuteBatch:
     stream: bool = False
     priority: Priority = attrs.field(default=Priority.NORMAL, converter=Priority)
     tenant: str | None = None
+    #: the pipeline this batch is a step of (a tenant's allowed models are checked
+    #: against the pipeline's name, not the step's)
+    pipeline: str | None = None
     deadline: float | None = None
     #: tokens expected in and out; used for TPM permits and budget reservations
     estimated_tokens: int = 0

@@ -32,6 +32,7 @@ _DURATION_PATTERN = r"^\s*\d+(\.\d*)?([eE][-+]?\d+)?\s*(ms|s|m|h)\s*$"
 _RENAMED: dict[tuple[type, str], str] = {
     (Config, "deployments"): "deployment",
     (Config, "keys"): "key",
+    (Config, "pipelines"): "pipeline",
 }
 _COMMENT = re.compile(r"^\s*#:\s?(.*)$")
 _FIELD = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*:")

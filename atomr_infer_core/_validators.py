@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["FieldValueError", "at_least", "between", "greater_than", "optional"]
+__all__ = ["FieldValueError", "at_least", "at_most", "between", "greater_than", "optional"]
 
 
 class FieldValueError(ValueError):
@@ -31,6 +31,15 @@ def at_least(low: float) -> Any:
             raise FieldValueError(attr.name, f"must be >= {_fmt(low)} (got {_fmt(value)})")
 
     check.json_schema = {"minimum": low}  # type: ignore[attr-defined]
+    return check
+
+
+def at_most(high: float) -> Any:
+    def check(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value > high:
+            raise FieldValueError(attr.name, f"must be <= {_fmt(high)} (got {_fmt(value)})")
+
+    check.json_schema = {"maximum": high}  # type: ignore[attr-defined]
     return check
 
 

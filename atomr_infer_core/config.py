@@ -238,6 +238,7 @@ def _make_converter() -> cattrs.Converter:
             _cattrs_forbid_extra_keys=True,
             deployments=override(rename="deployment"),
             keys=override(rename="key"),
+            pipelines=override(rename="pipeline"),
         ),
     )
     from cattrs.gen import make_dict_unstructure_fn
@@ -249,6 +250,7 @@ def _make_converter() -> cattrs.Converter:
             conv,
             deployments=override(rename="deployment"),
             keys=override(rename="key"),
+            pipelines=override(rename="pipeline"),
         ),
     )
     return conv
@@ -272,7 +274,7 @@ def _note_path(exc: BaseException) -> str:
     return ""
 
 
-_TOML_NAMES = {"deployments": "deployment", "keys": "key"}
+_TOML_NAMES = {"deployments": "deployment", "keys": "key", "pipelines": "pipeline"}
 
 
 def _toml_name(attr_name: str) -> str:
@@ -430,6 +432,7 @@ def _semantic_problems(config: Config) -> list[tuple[str, str]]:
             if fb not in names:
                 problems.append((f"{base}.fallbacks[{j}]", f"no deployment named {fb!r}"))
     problems += _key_problems(config)
+    problems += _pipeline_problems(config)
     bind = config.cluster.bind
     host, sep, port = bind.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -490,6 +493,51 @@ def _key_problems(config: Config) -> list[tuple[str, str]]:
                     )
                 )
     return problems
+
+
+def _pipeline_problems(config: Config) -> list[tuple[str, str]]:
+    """Each pipeline's own problems, and the names it refers to (see ``_pipeline.py``)."""
+    problems: list[tuple[str, str]] = []
+    deployments = {d.name for d in config.deployments}
+    kinds = {p.name: p.kind for p in config.pipelines}
+    seen: dict[str, int] = {}
+    for i, pipe in enumerate(config.pipelines):
+        base = f"pipeline[{i}]"
+        problems += [(f"{base}.{p}", m) for p, m in pipe.problems()]
+        if pipe.name in deployments:
+            problems.append(
+                (f"{base}.name", f"{pipe.name!r} is a deployment's name too; rename one of them")
+            )
+        if pipe.name in seen:
+            problems.append(
+                (
+                    f"{base}.name",
+                    f"duplicate pipeline name {pipe.name!r} (also pipeline[{seen[pipe.name]}])",
+                )
+            )
+        seen.setdefault(pipe.name, i)
+        cascade = pipe.kind.value == "cascade"
+        key = "steps" if cascade else "members"
+        for j, name in enumerate(pipe.steps if cascade else pipe.members):
+            message = _reference_problem(name, deployments, kinds, cascade=cascade)
+            if message is not None:
+                problems.append((f"{base}.{key}[{j}]", message))
+    return problems
+
+
+def _reference_problem(
+    name: str, deployments: set[str], kinds: Mapping[str, Any], *, cascade: bool
+) -> str | None:
+    if name in deployments:
+        return None
+    kind = kinds.get(name)
+    if kind is None:
+        return f"no deployment named {name!r}"
+    if cascade and kind.value == "balance":
+        return None  # a cascade step may be a balance (a balance names deployments only)
+    if cascade:
+        return f"{name!r} is a cascade; a cascade step names a deployment or a balance pipeline"
+    return f"{name!r} is a pipeline; a balance member names a deployment"
 
 
 def load_config(

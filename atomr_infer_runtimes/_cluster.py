@@ -36,6 +36,8 @@ from atomr_infer_core import (
     Deployment,
     ExecuteBatch,
     Message,
+    Pipeline,
+    PipelineKind,
     Priority,
     RequestKind,
     RuntimePlugin,
@@ -63,9 +65,17 @@ from atomr_infer_core.errors import (
 )
 
 from ._admission import Ticket
+from ._cascade import Cascade
 from ._content import text_problem
-from ._deployments import DeploymentRuntime, DeploymentState, DeploymentStatus, ReplicaSlot
+from ._deployments import (
+    DeploymentRuntime,
+    DeploymentState,
+    DeploymentStatus,
+    ReplicaSlot,
+    breaker_state,
+)
 from ._metrics import BREAKER_STATE_VALUES, ClusterMetrics
+from ._pipelines import REQUEST_ERRORS, Balancer, MemberView, PipelineStatus
 from ._plugins import PluginRegistry
 from ._preflight import credential_problems
 from ._rotation import RotationResult, rotate_credentials
@@ -99,6 +109,8 @@ class ClusterStatus:
     state_scope: str = "process"
     #: the ``[[key]]`` tenants, with this process's requests and spend
     tenants: tuple[TenantStatus, ...] = ()
+    #: the ``[[pipeline]]`` names: cascades and balances
+    pipelines: tuple[PipelineStatus, ...] = ()
 
 
 class _RequestLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -131,6 +143,9 @@ class _Attempt:
         self.replica: ReplicaSlot | None = None
         #: the replica's crash log already counted this attempt as failed
         self.crash_counted = False
+        #: when it started and when its first chunk came (balance latency averages)
+        self.started = trio.current_time()
+        self.first_at: float | None = None
 
     def abort(self, error: InferenceError) -> None:
         """Fail this attempt with ``error`` (replica crashed, deployment stopped)."""
@@ -213,13 +228,13 @@ class Execution:
         problem = text_problem(self.batch)
         if problem is not None:
             raise problem
-        primary = cluster._runtime(cluster.route(self.batch.model))
+        chain = cluster.candidates(self.batch.model)
+        primary = cluster._runtime(chain[0])
         self._routed = primary.name
         deadline = self.batch.deadline
         if deadline is None:
             deadline = self._arrival + primary.deployment.timeouts.request_timeout
         self._tenant_ticket = await cluster.tenants.admit(self.batch, deadline=deadline)
-        chain = fallback_chain(primary.name, cluster._fallbacks())
         last: InferenceError | None = None
         for position, name in enumerate(chain):
             runtime = cluster._deployments.get(name)
@@ -283,6 +298,7 @@ class Execution:
         stack.enter_context(attempt.scope)
         runtime.attempts.add(attempt)
         stack.callback(self._cluster._attempt_done, runtime, attempt)
+        stack.push(_observed(self._cluster, attempt))
         if self._trace is not None:
             self._attempt_span = self._trace.attempt(
                 runtime.name, str(runtime.plugin.name), runtime.deployment.model, self._position
@@ -325,6 +341,7 @@ class Execution:
             await stack.__aexit__(type(error), error, error.__traceback__)
             raise error from None
         attempt.scope.deadline = math.inf
+        attempt.first_at = trio.current_time()
         self._stack = stack
         self._iterator = iterator
         self._first = first
@@ -567,6 +584,25 @@ class Execution:
             self._end_trace(error)
 
 
+def _observed(cluster: Cluster, attempt: _Attempt) -> Any:
+    """An exit callback telling ``cluster.observe`` how a dispatched attempt went: its
+    time to first byte (or to failing). Attempts refused before dispatch (breaker, rate
+    limit), bad requests and clients that left before output measure nothing."""
+
+    def leave(_type: Any, error: BaseException | None, _tb: Any) -> None:
+        error = attempt.error or error
+        if attempt.replica is None or isinstance(error, REQUEST_ERRORS):
+            return
+        first = attempt.first_at
+        if first is None and error is not None and _only_cancelled(error):
+            return
+        ok = first is not None and (error is None or _only_cancelled(error))
+        end = first if first is not None else trio.current_time()
+        cluster.observe(attempt.runtime.name, latency_s=end - attempt.started, ok=ok)
+
+    return leave
+
+
 def _on_leave(runtime: DeploymentRuntime, replica: ReplicaSlot, attempt: _Attempt) -> Any:
     """An exit callback telling the deployment the attempt left, and with what error."""
 
@@ -608,6 +644,10 @@ class Cluster:
         self._clock = clock
         self._deployments: dict[str, DeploymentRuntime] = {}
         self._order: list[str] = []
+        self._pipelines: dict[str, Pipeline] = {p.name: p for p in config.pipelines}
+        self._balancers = {
+            p.name: Balancer(p) for p in config.pipelines if p.kind is PipelineKind.BALANCE
+        }
         self.metrics.on_render(self._refresh_gauges)
         #: the ``[[key]]`` tenants: models, limits, budgets, queue weights
         self.tenants = Tenants(
@@ -622,10 +662,79 @@ class Cluster:
     # -- routing -------------------------------------------------------------------
 
     def route(self, model: str) -> str:
-        """The deployment ``model`` names (a deployment name, or a unique model)."""
+        """The deployment or pipeline ``model`` names (a deployment name, a pipeline name,
+        or a model one deployment serves). Raises NotFoundError for none."""
+        if model in self._pipelines:
+            return model
         return resolve_deployment(
             model, {name: rt.deployment.model for name, rt in self._deployments.items()}
         )
+
+    def candidates(self, model: str) -> list[str]:
+        """The deployments a request for ``model`` tries, in order: the deployment and its
+        fallbacks; for a balance pipeline its usable members best first (the strategy's
+        pick leads), their fallbacks, then the members it cannot use now (open circuit,
+        not serving, out of requests by their rate limits), so that their error is the
+        one reported when nothing else served. Raises NotFoundError for an unknown name
+        and BadRequestError for a cascade (``execute`` runs those step by step)."""
+        pipeline = self._pipelines.get(model)
+        fallbacks = self._fallbacks()
+        if pipeline is None:
+            return fallback_chain(self.route(model), fallbacks)
+        if pipeline.kind is PipelineKind.CASCADE:
+            raise BadRequestError(
+                f"{model!r} is a cascade pipeline; run it with Cluster.execute", param="model"
+            )
+        views = self._member_views(pipeline)
+        if not views:
+            raise NotFoundError(
+                f"none of the members of pipeline {model!r} is deployed "
+                f"({', '.join(pipeline.members)})",
+                model=model,
+            )
+        ranked, unusable = self._balancers[model].order(views, trio.current_time())
+        chain: list[str] = []
+        for name in ranked:
+            chain.append(name)
+        for name in ranked:
+            chain += [fb for fb in fallback_chain(name, fallbacks) if fb not in chain]
+        chain += [name for name in unusable if name not in chain]
+        self.metrics.balance_picks.labels(model, chain[0]).inc()
+        return [name for name in chain if name in self._deployments]
+
+    def observe(self, deployment: str, *, latency_s: float, ok: bool) -> None:
+        """One finished attempt on ``deployment`` (its time to first byte, or to failing):
+        feeds the latency averages of the balances it is a member of."""
+        now = trio.current_time()
+        for balancer in self._balancers.values():
+            if deployment in balancer.weights:
+                balancer.observe(deployment, latency_s=latency_s, ok=ok, now=now)
+
+    def _member_views(self, pipeline: Pipeline) -> list[MemberView]:
+        views = []
+        for name in pipeline.members:
+            runtime = self._deployments.get(name)
+            if runtime is not None:
+                views.append(
+                    MemberView(
+                        name=name,
+                        usable=_usable(runtime),
+                        outstanding=runtime.outstanding + runtime.admission.capacity.queued,
+                    )
+                )
+        return views
+
+    def pipeline_statuses(self) -> tuple[PipelineStatus, ...]:
+        """Each pipeline's shape and, for a balance, its members' live state."""
+        out = []
+        now = trio.current_time()
+        for name, pipeline in self._pipelines.items():
+            if pipeline.kind is PipelineKind.CASCADE:
+                out.append(PipelineStatus(name=name, kind="cascade", steps=pipeline.steps))
+            else:
+                views = self._member_views(pipeline)
+                out.append(self._balancers[name].status(views, now))
+        return tuple(out)
 
     def _runtime(self, name: str) -> DeploymentRuntime:
         return self._deployments[name]
@@ -660,8 +769,12 @@ class Cluster:
 
     # -- requests ------------------------------------------------------------------
 
-    def execute(self, batch: ExecuteBatch) -> Execution:
-        """Route and run ``batch``; ``async with`` the result to get its chunks."""
+    def execute(self, batch: ExecuteBatch) -> Execution | Cascade:
+        """Route and run ``batch``; ``async with`` the result to get its chunks (a
+        :class:`Cascade` for a cascade pipeline's name, with the same surface)."""
+        pipeline = self._pipelines.get(batch.model)
+        if pipeline is not None and pipeline.kind is PipelineKind.CASCADE:
+            return Cascade(self, batch, pipeline)
         return Execution(self, batch)
 
     def _batch(
@@ -884,6 +997,7 @@ class Cluster:
             deployments=deployments,
             state_scope=getattr(self.state, "scope", "process"),
             tenants=self.tenants.status(),
+            pipelines=self.pipeline_statuses(),
         )
 
     def _refresh_gauges(self) -> None:
@@ -902,6 +1016,21 @@ class Cluster:
             self.metrics.queue_depth.labels(name).set(runtime.admission.capacity.queued)
             for runner, retries in _engine_retries(runtime):
                 self.metrics.count_retries(name, runner, retries)
+
+
+def _usable(runtime: DeploymentRuntime) -> bool:
+    """Whether a balance may send a request to ``runtime`` now: serving, its breaker not
+    open, and not paused or out of requests by its rate limits."""
+    if runtime.state is not DeploymentState.SERVING:
+        return False
+    if breaker_state(runtime.breaker) == "open":
+        return False
+    stats = getattr(runtime.limiter, "statistics", None)
+    now = stats() if callable(stats) else None
+    if (getattr(now, "paused_for_s", 0.0) or 0.0) > 0:
+        return False
+    available = getattr(now, "requests_available", None)
+    return available is None or available >= 1
 
 
 def _engine_retries(runtime: DeploymentRuntime) -> list[tuple[object, int]]:

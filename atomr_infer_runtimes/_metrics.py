@@ -126,6 +126,18 @@ class ClusterMetrics:
             ["deployment", "reason"],
             registry=r,
         )
+        self.escalations = Counter(
+            "atomr_pipeline_escalations",
+            "Cascade steps whose answer was not returned, by pipeline, step and reason.",
+            ["pipeline", "step", "reason"],
+            registry=r,
+        )
+        self.balance_picks = Counter(
+            "atomr_pipeline_picks",
+            "Requests a balance pipeline sent first to each member.",
+            ["pipeline", "member"],
+            registry=r,
+        )
         self.budget_warnings = Counter(
             "atomr_budget_warnings",
             "Budget windows exceeded under on_exceeded = warn|throttle.",

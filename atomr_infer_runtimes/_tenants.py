@@ -223,7 +223,7 @@ class Tenants:
         tenant = self._tenants.get(batch.tenant) if batch.tenant is not None else None
         if tenant is None:
             return None
-        self.check_model(tenant.name, batch.model)
+        self.check_model(tenant.name, batch.pipeline or batch.model)
         ticket = TenantTicket(tenant)
         try:
             if tenant.limiter is not None:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import attrs
 
-from atomr_infer_core import ClusterConfig, Config, Deployment, StateConfig, TelemetryConfig
+from atomr_infer_core import (
+    ClusterConfig,
+    Config,
+    Deployment,
+    Pipeline,
+    StateConfig,
+    TelemetryConfig,
+)
 
 DOC = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
 
@@ -23,5 +30,6 @@ def _keys(cls: type) -> set[str]:
 
 def test_every_config_key_is_documented() -> None:
     keys = _keys(ClusterConfig) | _keys(StateConfig) | _keys(TelemetryConfig) | _keys(Deployment)
+    keys |= _keys(Pipeline)
     missing = sorted(k for k in keys if f"`{k}`" not in DOC and f".{k}]" not in DOC)
     assert missing == []

@@ -614,6 +614,7 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
                 "state_scope": getattr(status, "state_scope", "process"),
                 "deployments": [to_plain(d) for d in deployments],
                 "tenants": tenants,
+                "pipelines": [to_plain(p) for p in getattr(status, "pipelines", ())],
             }
         )
 
@@ -656,20 +657,25 @@ def _build_quart(cluster: Any, keys: KeyChecker) -> QuartTrio:
     def _model(d: Any) -> dict[str, Any]:
         return {"id": d.name, "object": "model", "created": 0, "owned_by": str(to_plain(d.runtime))}
 
+    def _pipeline(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "atomr-pipeline"}
+
+    async def _models() -> list[dict[str, Any]]:
+        deployments = [_model(d) for d in await _maybe_await(cluster.list())]
+        pipelines = getattr(getattr(cluster, "config", None), "pipelines", ())
+        entries = deployments + [_pipeline(p.name) for p in pipelines]
+        visible = _visible(cluster, [entry["id"] for entry in entries])
+        return [entry for entry in entries if entry["id"] in visible]
+
     @app.get("/v1/models")
     async def models() -> Response:
-        deployments = await _maybe_await(cluster.list())
-        visible = _visible(cluster, [d.name for d in deployments])
-        data = [_model(d) for d in deployments if d.name in visible]
-        return _json_response({"object": "list", "data": data})
+        return _json_response({"object": "list", "data": await _models()})
 
     @app.get("/v1/models/<path:model_id>")
     async def model(model_id: str) -> Response:
-        deployments = await _maybe_await(cluster.list())
-        visible = _visible(cluster, [d.name for d in deployments])
-        for d in deployments:
-            if d.name == model_id and d.name in visible:
-                return _json_response(_model(d))
+        for entry in await _models():
+            if entry["id"] == model_id:
+                return _json_response(entry)
         return _error_json(
             NotFoundError(
                 f"model {model_id!r} does not exist; GET /v1/models lists them", model=model_id
