@@ -55,6 +55,9 @@ class HttpClientOptions:
     headers: Mapping[str, str] = attrs.Factory(dict)
     #: TLS verification (a path to a CA bundle, or False for tests only)
     verify: bool | str = True
+    #: the fast upstream client (:mod:`._fastclient`) where this httpcore is one it was
+    #: tested on; False: plain httpx for every request
+    fast_client: bool = True
 
 
 def _http2_available() -> bool:

@@ -8,7 +8,6 @@ from ._prices import PRICES as PRICES
 from ._runner import (
     AnthropicProvider as AnthropicProvider,
     AnthropicRunner as AnthropicRunner,
-    create_runner as create_runner,
 )
 
 __all__ = [
@@ -17,5 +16,4 @@ __all__ = [
     "AnthropicConfig",
     "AnthropicProvider",
     "AnthropicRunner",
-    "create_runner",
 ]

@@ -13,22 +13,14 @@ from typing import Any
 
 import attrs
 
-from atomr_infer_core import (
-    Deployment,
-    ExecuteBatch,
-    RequestKind,
-    RunnerContext,
-    RuntimeKind,
-    Secret,
-    TokenChunk,
-)
+from atomr_infer_core import ExecuteBatch, RequestKind, RuntimeKind, Secret, TokenChunk
 from atomr_infer_core.errors import InferenceError, MalformedStreamError
-from atomr_infer_remote import EngineRunner, ProviderRequest, SSEEvent, upstream_model
+from atomr_infer_remote import EngineRunner, ProviderRequest, SSEEvent
 
 from ._config import AnthropicConfig
 from ._wire import StreamState, build_request_body, parse_message, refine_error
 
-__all__ = ["DIALECT", "AnthropicProvider", "AnthropicRunner", "create_runner"]
+__all__ = ["DIALECT", "AnthropicProvider", "AnthropicRunner"]
 
 #: the Passthrough dialect this runtime sends as the client wrote it
 DIALECT = "anthropic.messages"
@@ -147,19 +139,7 @@ class AnthropicRunner(EngineRunner):
 
     runtime_kind = RuntimeKind(RuntimeKind.ANTHROPIC)
     capabilities = frozenset({RequestKind.CHAT, RequestKind.COMPLETION})
+    model_prefixes = ("anthropic/",)
 
-    def __init__(
-        self,
-        deployment: Deployment,
-        config: AnthropicConfig,
-        context: RunnerContext | None = None,
-    ) -> None:
-        model = upstream_model(deployment.model, ("anthropic/",))
-        super().__init__(AnthropicProvider(config, model), deployment, config, context)
-
-
-def create_runner(
-    deployment: Deployment, config: AnthropicConfig, context: RunnerContext
-) -> AnthropicRunner:
-    """The plugin's factory (``RuntimePlugin.create``)."""
-    return AnthropicRunner(deployment, config, context)
+    def make_provider(self, config: AnthropicConfig, model: str) -> AnthropicProvider:
+        return AnthropicProvider(config, model)

@@ -12,7 +12,6 @@ from ._prices import PRICES as PRICES
 from ._runner import (
     GeminiProvider as GeminiProvider,
     GeminiRunner as GeminiRunner,
-    create_runner as create_runner,
 )
 
 __all__ = [
@@ -23,5 +22,4 @@ __all__ = [
     "GeminiProvider",
     "GeminiRunner",
     "SafetySetting",
-    "create_runner",
 ]

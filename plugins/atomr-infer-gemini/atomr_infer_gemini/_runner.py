@@ -15,23 +15,21 @@ from typing import Any
 import trio
 
 from atomr_infer_core import (
-    Deployment,
     ExecuteBatch,
     FinishReason,
     RequestKind,
-    RunnerContext,
     RuntimeKind,
     Secret,
     SessionRebuildCause,
     TokenChunk,
 )
 from atomr_infer_core.errors import InferenceError, MalformedStreamError, UnauthorizedError
-from atomr_infer_remote import EngineRunner, ProviderRequest, SSEEvent, upstream_model
+from atomr_infer_remote import EngineRunner, ProviderRequest, SSEEvent
 
 from ._config import GeminiConfig
 from ._wire import ResponseState, build_request_body, refine_error
 
-__all__ = ["GeminiProvider", "GeminiRunner", "create_runner"]
+__all__ = ["GeminiProvider", "GeminiRunner"]
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +109,15 @@ class GeminiRunner(EngineRunner):
 
     runtime_kind = RuntimeKind(RuntimeKind.GEMINI)
     capabilities = frozenset({RequestKind.CHAT, RequestKind.COMPLETION})
+    model_prefixes = ("google/",)
 
-    def __init__(
-        self, deployment: Deployment, config: GeminiConfig, context: RunnerContext | None = None
-    ) -> None:
-        model = upstream_model(deployment.model, ("google/",))
-        super().__init__(GeminiProvider(config, model), deployment, config, context)
-        self._refresh = self.credentials_supplied or config.refreshes_tokens
+    def make_provider(self, config: GeminiConfig, model: str) -> GeminiProvider:
+        return GeminiProvider(config, model)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.engine.run)
-            if self._refresh:
+            if self.credentials_supplied or self.config.refreshes_tokens:
                 nursery.start_soon(self._refresh_tokens)
             task_status.started()
 
@@ -134,10 +129,3 @@ class GeminiRunner(EngineRunner):
             except UnauthorizedError as error:
                 # the old token stays; a 401 will try again
                 log.warning("gemini: refreshing the access token failed: %s", error.message)
-
-
-def create_runner(
-    deployment: Deployment, config: GeminiConfig, context: RunnerContext
-) -> GeminiRunner:
-    """The plugin's factory (``RuntimePlugin.create``)."""
-    return GeminiRunner(deployment, config, context)
