@@ -6,9 +6,9 @@ from ._config import AnthropicConfig as AnthropicConfig
 from ._plugin import PLUGIN as PLUGIN
 from ._prices import PRICES as PRICES
 from ._runner import (
-    AnthropicProvider as AnthropicProvider,
     AnthropicRunner as AnthropicRunner,
 )
+from ._wire import AnthropicProvider as AnthropicProvider
 
 __all__ = [
     "PLUGIN",

@@ -10,9 +10,9 @@ from ._config import (
 from ._plugin import PLUGIN as PLUGIN
 from ._prices import PRICES as PRICES
 from ._runner import (
-    GeminiProvider as GeminiProvider,
     GeminiRunner as GeminiRunner,
 )
+from ._wire import GeminiProvider as GeminiProvider
 
 __all__ = [
     "PLUGIN",
