@@ -6,8 +6,8 @@ a 429 with ``Retry-After`` is retried after exactly that delay, a 5xx is retried
 backoff and opens the breaker, a 401 rebuilds the session with a fresh credential, a
 stream dropped or broken after output raises a typed error without repeating text,
 leaving a stream closes the upstream response, usage is reported, tool calls arrive in
-OpenAI's shape, the plugin's declared model patterns claim its model; and behind a real Cluster and gateway a context overflow is a 400, a 429
-past the deadline keeps its ``Retry-After``, a dropped stream ends with an error event, a
+OpenAI's shape, the plugin's declared model patterns claim its model; and behind a real
+Cluster and gateway a context overflow is a 400, a 429 past the deadline keeps its ``Retry-After``, a dropped stream ends with an error event, a
 client that disconnects closes the upstream. A plugin's own tests keep only what is
 specific to its wire.
 
