@@ -54,8 +54,7 @@ class RemoteConfig:
         variables = self.env_variables()
         if not variables:  # a provider with no key variable of its own: send none
             return StaticCredential(None)
-        first, *rest = variables
-        return EnvCredential(first, fallbacks=tuple(rest), required=self.key_required())
+        return EnvCredential(variables[0], fallbacks=variables[1:], required=self.key_required())
 
     def http_options(self, timeouts: Timeouts) -> HttpClientOptions:
         """How the runner's HTTP client is built from these settings."""

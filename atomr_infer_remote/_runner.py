@@ -14,7 +14,7 @@ cancelled; ``execute`` queues a request on it. The class itself is the plugin's
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -67,10 +67,10 @@ class EngineRunner:
     """
 
     transport_kind = TransportKind.REMOTE_NETWORK
-    runtime_kind: ClassVar[RuntimeKind]
-    capabilities: ClassVar[frozenset[RequestKind]] = frozenset({RequestKind.CHAT})
+    runtime_kind: RuntimeKind
+    capabilities: frozenset[RequestKind] = frozenset({RequestKind.CHAT})
     #: routing prefixes dropped from the deployment's model (``"openai/"``)
-    model_prefixes: ClassVar[tuple[str, ...]] = ()
+    model_prefixes: tuple[str, ...] = ()
 
     def make_provider(self, config: Any, model: str) -> Provider:
         """The wire mapping for ``model`` (already stripped of ``model_prefixes``)."""
@@ -137,7 +137,7 @@ def remote_plugin(
         config_class=config_class,
         create=runner,
         transport=TransportKind.REMOTE_NETWORK,
-        model_patterns=tuple(model_patterns),
+        model_patterns=model_patterns,
         prices=prices if prices is not None else PriceTable(),
         package=package or kind.package,
         description=description,

@@ -90,7 +90,7 @@ class EnvCredential:
     variable: str
     #: what to set instead, for the error message (e.g. ``runtime_config.api_key``)
     alternative: str = "runtime_config.api_key"
-    fallbacks: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    fallbacks: tuple[str, ...] = ()
     required: bool = True
 
     def _set(self) -> str | None:
