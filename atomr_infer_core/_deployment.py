@@ -243,14 +243,6 @@ class Deployment:
                     "is 'fallback' but the deployment lists no fallbacks",
                 )
             )
-        if self.runtime is None and self.model.strip() and infer_runtime(self.model) is None:
-            out.append(
-                (
-                    "runtime",
-                    f"cannot infer a runtime from model {self.model!r}; "
-                    'set runtime = "openai" (or another installed runtime)',
-                )
-            )
         return out
 
     def validate(self) -> None:

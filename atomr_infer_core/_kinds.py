@@ -97,35 +97,19 @@ class ProviderKind(str, enum.Enum):
         return self.value
 
 
-# The original's table, fixed for today's model names. Order matters: first match wins.
-_BUILTIN_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("gpt-*", "openai"),
-    ("o1", "openai"),
-    ("o1-*", "openai"),
-    ("o3", "openai"),
-    ("o3-*", "openai"),
-    ("o4-*", "openai"),
-    ("chatgpt-*", "openai"),
-    ("text-embedding-*", "openai"),
-    ("openai/*", "openai"),
-    ("claude-*", "anthropic"),
-    ("anthropic/*", "anthropic"),
-    ("gemini-*", "gemini"),
-    ("google/gemini*", "gemini"),
-    ("*via-litellm*", "litellm"),
-    ("litellm/*", "litellm"),
-    ("*mistral*", "mistralrs"),
-)
-
 _lock = threading.Lock()
 _plugin_patterns: dict[str, tuple[str, ...]] = {}
+_WILDCARDS = str.maketrans("", "", "*?[]")
 
 
 def register_model_patterns(runtime: str, patterns: tuple[str, ...] | list[str]) -> None:
     """Claim model names for ``runtime`` (glob patterns, case-insensitive).
 
-    Plugin patterns are consulted before the built-in table, in registration order, so a
-    plugin can claim names the table sends elsewhere. Registering again replaces.
+    The one table ``infer_runtime`` reads: the plugin registry feeds it each runtime's
+    ``RuntimePlugin.model_patterns`` (declared once, by the plugin) and takes them back
+    when it closes. The most specific matching pattern wins (the most characters that
+    are not wildcards: ``gpt-4o-local*`` over ``gpt-*``), then the earliest registered;
+    registering again replaces.
     """
     kind = RuntimeKind(runtime)
     with _lock:
@@ -140,16 +124,18 @@ def unregister_model_patterns(runtime: str) -> None:
 
 
 def infer_runtime(model: str) -> RuntimeKind | None:
-    """The runtime a model name implies, or ``None`` when nothing claims it.
+    """The runtime a model name implies, or ``None`` when no loaded plugin claims it.
 
-    ``gpt-4o-mini`` → openai, ``claude-3-5-sonnet`` → anthropic, ``gemini-2.0-flash`` →
-    gemini, ``litellm/x`` → litellm. Unlike the original, an unknown name does not fall
-    through to vLLM: the deployment must then name its runtime.
+    With the provider plugins loaded: ``gpt-4o-mini`` → openai, ``claude-3-5-sonnet`` →
+    anthropic, ``gemini-2.0-flash`` → gemini, ``litellm/x`` → litellm. Unlike the
+    original, an unknown name does not fall through to vLLM: the deployment must then
+    name its runtime.
     """
     name = model.strip().lower()
     with _lock:
-        plugin_rules = [(p, rt) for rt, pats in _plugin_patterns.items() for p in pats]
-    for pattern, runtime in (*plugin_rules, *_BUILTIN_PATTERNS):
+        rules = [(p, rt) for rt, pats in _plugin_patterns.items() for p in pats]
+    rules.sort(key=lambda rule: -len(rule[0].translate(_WILDCARDS)))
+    for pattern, runtime in rules:
         if fnmatch.fnmatchcase(name, pattern):
             return RuntimeKind(runtime)
     return None

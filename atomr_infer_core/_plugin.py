@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -40,6 +40,10 @@ def _kind(value: Any) -> RuntimeKind:
     return RuntimeKind(value)
 
 
+def _patterns(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class RuntimePlugin:
     """A runtime: its name, config class, factory, model-name patterns and prices.
@@ -65,7 +69,7 @@ class RuntimePlugin:
     config_class: type[Any]
     create: Callable[[Deployment, Any, RunnerContext], ModelRunner]
     transport: TransportKind = TransportKind.REMOTE_NETWORK
-    model_patterns: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    model_patterns: tuple[str, ...] = attrs.field(default=(), converter=_patterns)
     prices: PriceTable = attrs.Factory(PriceTable)
     package: str = ""
     description: str = ""

@@ -15,6 +15,7 @@ from ._classify import (
     error_message as error_message,
     parse_error_body as parse_error_body,
 )
+from ._config import RemoteConfig as RemoteConfig
 from ._engine import (
     AttemptObserver as AttemptObserver,
     AttemptWatch as AttemptWatch,
@@ -46,6 +47,8 @@ from ._retry import RetryDecision as RetryDecision, RetryEngine as RetryEngine
 from ._runner import (
     EngineRunner as EngineRunner,
     RemoteRuntimeConfig as RemoteRuntimeConfig,
+    registers as registers,
+    remote_plugin as remote_plugin,
     upstream_model as upstream_model,
 )
 from ._session import (
@@ -92,6 +95,7 @@ __all__: list[str] = [
     "RateLimitPermit",
     "RateLimiter",
     "RateLimiterStatistics",
+    "RemoteConfig",
     "RemoteEngine",
     "RemoteRuntimeConfig",
     "RemoteSession",
@@ -120,5 +124,7 @@ __all__: list[str] = [
     "parse_error_body",
     "parse_retry_after",
     "redacted_url",
+    "registers",
+    "remote_plugin",
     "upstream_model",
 ]

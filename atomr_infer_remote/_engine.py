@@ -63,7 +63,7 @@ from atomr_infer_core.errors import (
 
 from ._breaker import CircuitBreaker
 from ._classify import classify_http_status
-from ._http import HttpClientOptions, LeanResponse, map_http_errors, send_streaming
+from ._http import FastResponse, HttpClientOptions, map_http_errors, send_streaming
 from ._limiter import RateLimiter
 from ._queue import BoundedPriorityQueue
 from ._retry import RetryEngine
@@ -653,7 +653,7 @@ class RemoteEngine:
                 f"({type(exc).__name__}: {str(exc)[:200]})"
             ) from exc
 
-    async def _consume(self, request: _Request, response: httpx.Response | LeanResponse) -> None:
+    async def _consume(self, request: _Request, response: httpx.Response | FastResponse) -> None:
         reads = response.aiter_bytes()
         if response.status_code >= 400:
             body = await self._read_all(reads)

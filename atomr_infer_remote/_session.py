@@ -80,25 +80,43 @@ class StaticCredential:
 
 @attrs.frozen
 class EnvCredential:
-    """The value of an environment variable, read at open and at every rebuild."""
+    """The value of an environment variable, read at open and at every rebuild.
+
+    ``fallbacks`` are tried in order when ``variable`` is unset (Gemini's
+    ``GEMINI_API_KEY``, then ``GOOGLE_API_KEY``); with ``required = False`` none being
+    set means "send no credential" (a local proxy without auth).
+    """
 
     variable: str
     #: what to set instead, for the error message (e.g. ``runtime_config.api_key``)
     alternative: str = "runtime_config.api_key"
+    fallbacks: tuple[str, ...] = ()
+    required: bool = True
+
+    def _set(self) -> str | None:
+        for name in (self.variable, *self.fallbacks):
+            if os.environ.get(name, "").strip():
+                return name
+        return None
 
     async def credential(self) -> Secret | None:
-        problem = self.problem()
-        if problem is not None:
-            raise UnauthorizedError(problem)
-        return Secret(os.environ[self.variable].strip())
+        name = self._set()
+        if name is None:
+            if not self.required:
+                return None
+            raise UnauthorizedError(self._unset())
+        return Secret(os.environ[name].strip())
 
     def problem(self) -> str | None:
-        if not os.environ.get(self.variable, "").strip():
-            return (
-                f"environment variable {self.variable} is not set: export it, or set "
-                f"{self.alternative} in the deployment"
-            )
+        if self._set() is None and self.required:
+            return self._unset()
         return None
+
+    def _unset(self) -> str:
+        return (
+            f"environment variable {self.variable} is not set: export it, or set "
+            f"{self.alternative} in the deployment"
+        )
 
 
 @attrs.frozen

@@ -92,7 +92,7 @@ def test_design_example_loads(tmp_path: Path) -> None:
     assert chat.circuit_breaker == CircuitBreakerConfig(failure_threshold=5, open_duration=30.0)
     assert chat.budget == Budget(max_spend_per_hour_usd=10.0, on_exceeded=BudgetAction.REJECT)
     assert chat.runtime_config == {"base_url": "https://example.invalid/v1", "api_key": "sk-test"}
-    assert backup.effective_runtime() == "anthropic"
+    assert backup.runtime is None  # inferred from the model by the loaded plugins
     assert backup.serving == Serving()
     assert backup.timeouts == Timeouts(request_timeout=30.0, read_timeout=10.0)
 
@@ -255,7 +255,6 @@ def test_cross_reference_problems() -> None:
         }
     ) == [
         "deployment[0].fallbacks[0]: no deployment named 'ghost'",
-        "deployment[1].runtime: cannot infer a runtime from model 'llama-3'; set runtime = \"openai\" (or another installed runtime)",
         "deployment[1].name: duplicate deployment name 'a' (also deployment[0])",
         "cluster.bind: expected host:port, e.g. '127.0.0.1:8080' (got 'localhost')",
     ]

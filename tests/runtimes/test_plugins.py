@@ -208,3 +208,45 @@ def test_distribution_names_in_the_env_are_not_reported(monkeypatch: pytest.Monk
         assert [(info.name, info.error) for info in registry] == [("testkit", None)]
     finally:
         registry.close()
+
+
+@pytest.mark.parametrize(
+    ("model", "runtime"),
+    [
+        ("gpt-4o", "openai"),
+        ("gpt-4o-mini", "openai"),
+        ("gpt-4.1-nano", "openai"),
+        ("gpt-3.5-turbo", "openai"),
+        ("gpt-5", "openai"),
+        ("gpt-5-mini-2025-08-07", "openai"),
+        ("o1-preview", "openai"),
+        ("o1", "openai"),
+        ("o3-mini", "openai"),
+        ("o4-mini", "openai"),
+        ("chatgpt-4o-latest", "openai"),
+        ("text-embedding-3-small", "openai"),
+        ("GPT-4O", "openai"),
+        ("claude-3-5-sonnet-20241022", "anthropic"),
+        ("anthropic/claude-3-haiku", "anthropic"),
+        ("gemini-2.0-flash", "gemini"),
+        ("google/gemini-1.5-flash", "gemini"),
+        ("litellm/anything", "litellm"),
+        ("llama-via-litellm", "litellm"),
+        ("gpt-4o-via-litellm", "litellm"),
+        ("meta-llama/Llama-3.1-70B-Instruct", None),
+        ("o2", None),
+    ],
+)
+def test_the_provider_plugins_declare_the_model_names_they_claim(
+    monkeypatch: pytest.MonkeyPatch, model: str, runtime: str | None
+) -> None:
+    # the installed plugins' own declarations are the whole table (none is built in)
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "openai,anthropic,gemini,litellm")
+    registry = PluginRegistry()
+    registry.load_entry_points()
+    try:
+        assert all(info.error is None for info in registry), registry.infos
+        assert infer_runtime(model) == runtime
+    finally:
+        registry.close()
+    assert infer_runtime(model) is None

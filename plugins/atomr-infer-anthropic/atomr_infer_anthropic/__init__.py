@@ -6,10 +6,9 @@ from ._config import AnthropicConfig as AnthropicConfig
 from ._plugin import PLUGIN as PLUGIN
 from ._prices import PRICES as PRICES
 from ._runner import (
-    AnthropicProvider as AnthropicProvider,
     AnthropicRunner as AnthropicRunner,
-    create_runner as create_runner,
 )
+from ._wire import AnthropicProvider as AnthropicProvider
 
 __all__ = [
     "PLUGIN",
@@ -17,5 +16,4 @@ __all__ = [
     "AnthropicConfig",
     "AnthropicProvider",
     "AnthropicRunner",
-    "create_runner",
 ]

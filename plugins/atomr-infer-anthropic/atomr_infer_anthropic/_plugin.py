@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from atomr_infer_core import RuntimePlugin, TransportKind, hookimpl
+from atomr_infer_remote import registers, remote_plugin
 
 from ._config import AnthropicConfig
 from ._prices import PRICES
-from ._runner import create_runner
+from ._runner import AnthropicRunner
 
 __all__ = ["PLUGIN", "register_runtimes"]
 
-PLUGIN = RuntimePlugin(
-    name="anthropic",
+PLUGIN = remote_plugin(
+    AnthropicRunner,
     config_class=AnthropicConfig,
-    create=create_runner,
-    transport=TransportKind.REMOTE_NETWORK,
     model_patterns=("claude-*", "anthropic/*"),
     prices=PRICES,
-    package="atomr-infer-anthropic",
     description="Anthropic Messages API (claude-*): streaming, tools, images, prompt-cache usage",
 )
-
-
-@hookimpl
-def register_runtimes(register: Callable[[RuntimePlugin], None]) -> None:
-    register(PLUGIN)
+register_runtimes = registers(PLUGIN)

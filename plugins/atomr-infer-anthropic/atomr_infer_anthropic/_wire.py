@@ -4,7 +4,8 @@ Pure functions between core values and JSON: :func:`build_request_body` turns an
 ``ExecuteBatch`` into a ``/v1/messages`` body; :func:`parse_message` lifts a JSON answer
 into ``TokenChunk`` values; :class:`StreamState` lifts SSE events one by one;
 :func:`refine_error` and :func:`error_for` turn error bodies and ``error`` events into
-typed errors. Nothing here does I/O or reads a clock.
+typed errors; :class:`AnthropicProvider` is the engine's ``Provider`` built from them
+(URL, headers, passthrough bodies). Nothing here does I/O or reads a clock.
 
 Fixes against the original: unknown events are ignored (new event types do not break
 old clients), ``message_start`` usage is kept and merged with ``message_delta``'s, cache
@@ -16,10 +17,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+from atomr_infer_remote import ProviderRequest, SSEEvent
+
+if TYPE_CHECKING:
+    from ._config import AnthropicConfig
 
 from atomr_infer_core import (
     ExecuteBatch,
@@ -29,6 +35,7 @@ from atomr_infer_core import (
     Message,
     RequestKind,
     Role,
+    Secret,
     TextPart,
     TokenChunk,
     TokenUsage,
@@ -50,6 +57,8 @@ from atomr_infer_core.errors import (
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
+    "DIALECT",
+    "AnthropicProvider",
     "StreamState",
     "build_request_body",
     "error_for",
@@ -518,3 +527,115 @@ def _parsed(body: Any) -> Any:
         except ValueError:
             return None
     return body
+
+
+#: the Passthrough dialect this runtime sends as the client wrote it
+DIALECT = "anthropic.messages"
+
+
+class AnthropicProvider:
+    """Anthropic's Messages API as the remote engine's ``Provider``."""
+
+    name = "anthropic"
+
+    def __init__(self, config: AnthropicConfig, model: str) -> None:
+        self.config = config
+        self.model = model
+        self._url = config.messages_url()
+        headers = {"anthropic-version": config.anthropic_version, **config.extra_headers}
+        if config.anthropic_beta:
+            headers["anthropic-beta"] = ",".join(config.anthropic_beta)
+        self._headers = headers
+
+    def passes_through(self, batch: ExecuteBatch) -> bool:
+        """Whether ``batch`` carries a Messages body to send as the client wrote it."""
+        return batch.passthrough is not None and batch.passthrough.dialect == DIALECT
+
+    def build_request(self, batch: ExecuteBatch, credential: Secret | None) -> ProviderRequest:
+        headers = dict(self._headers)
+        if self.passes_through(batch):
+            assert batch.passthrough is not None
+            # the client's own body: only the model is rewritten, unknown fields stay
+            body = {**batch.passthrough.body, "model": self.model}
+            beta = batch.passthrough.headers.get("anthropic-beta")
+            if beta:
+                headers["anthropic-beta"] = ",".join(
+                    b for b in (headers.get("anthropic-beta"), beta) if b
+                )
+        else:
+            body = build_request_body(
+                batch, model=self.model, default_max_tokens=self.config.default_max_tokens
+            )
+        if credential is not None:
+            headers["x-api-key"] = credential.reveal()
+        if batch.stream:
+            headers["accept"] = "text/event-stream"
+        return ProviderRequest(url=self._url, headers=headers, json=body, stream=batch.stream)
+
+    def parse_response(self, batch: ExecuteBatch, body: Any) -> Sequence[TokenChunk]:
+        if not isinstance(body, dict):
+            raise MalformedStreamError("anthropic: the answer is not a JSON object")
+        return parse_message(body, request_id=batch.request_id)
+
+    def stream_parser(self, batch: ExecuteBatch) -> _MessageStream:
+        state = StreamState(request_id=batch.request_id)
+        return _MessageStream(state, raw=self.passes_through(batch))
+
+    def refine_error(self, status: int, body: Any) -> InferenceError | None:
+        return refine_error(status, body)
+
+
+class _MessageStream:
+    """One streamed answer; finished at ``message_stop``.
+
+    With ``raw`` (a passthrough) every event, ``ping`` and unknown ones included, also
+    comes out as its own SSE frame in ``TokenChunk.raw``, its data untouched.
+    """
+
+    def __init__(self, state: StreamState, *, raw: bool = False) -> None:
+        self.state = state
+        self.finished = False
+        self.raw = raw
+
+    def feed(self, event: SSEEvent) -> Sequence[TokenChunk]:
+        if event.event == "message_stop":
+            self.finished = True
+            chunks: Sequence[TokenChunk] = []
+        else:
+            chunks = self.state.feed(event.event, event.data)
+            if not event.event or event.event == "message":
+                # a proxy that drops event names: the data's type still tells
+                self.finished = _is_stop(event.data)
+        if self.raw:
+            return _with_frame(chunks, event, self.state.request_id)
+        return chunks
+
+    def end(self) -> Sequence[TokenChunk]:
+        if self.state.stopped:
+            return []  # a proxy that drops message_stop: the stop reason said it all
+        raise MalformedStreamError(
+            "anthropic: the stream ended before message_stop (the connection was cut); "
+            "the answer is incomplete"
+        )
+
+
+def _frame(event: SSEEvent) -> bytes:
+    head = f"event: {event.event}\n" if event.event and event.event != "message" else ""
+    lines = "".join(f"data: {line}\n" for line in event.data.split("\n"))
+    return f"{head}{lines}\n".encode()
+
+
+def _with_frame(
+    chunks: Sequence[TokenChunk], event: SSEEvent, request_id: str
+) -> Sequence[TokenChunk]:
+    frame = _frame(event)
+    if not chunks:
+        return [TokenChunk(request_id=request_id, raw=frame)]
+    return [attrs.evolve(chunks[0], raw=frame), *chunks[1:]]
+
+
+def _is_stop(data: str) -> bool:
+    try:
+        return bool(json.loads(data).get("type") == "message_stop")
+    except (ValueError, AttributeError):
+        return False

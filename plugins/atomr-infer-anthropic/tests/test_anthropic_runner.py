@@ -14,7 +14,6 @@ from atomr_infer_core import (
     SamplingParams,
     Secret,
     TokenUsage,
-    infer_runtime,
 )
 from atomr_infer_core.errors import (
     ContextLengthExceededError,
@@ -176,7 +175,6 @@ def test_plugin_registers_claude_patterns_and_prices() -> None:
     assert PLUGIN.name == "anthropic"
     assert PLUGIN.package == "atomr-infer-anthropic"
     assert "claude-*" in PLUGIN.model_patterns
-    assert infer_runtime(MODEL) == "anthropic"
     assert PLUGIN.prices.lookup(MODEL) is not None
     config = PLUGIN.structure_config(
         {

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from atomr_infer_anthropic import PRICES
-from atomr_infer_anthropic._runner import _MessageStream
 from atomr_infer_anthropic._wire import (
     StreamState,
+    _MessageStream,
     build_request_body,
     error_for,
     map_stop_reason,

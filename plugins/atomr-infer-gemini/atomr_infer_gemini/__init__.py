@@ -10,10 +10,9 @@ from ._config import (
 from ._plugin import PLUGIN as PLUGIN
 from ._prices import PRICES as PRICES
 from ._runner import (
-    GeminiProvider as GeminiProvider,
     GeminiRunner as GeminiRunner,
-    create_runner as create_runner,
 )
+from ._wire import GeminiProvider as GeminiProvider
 
 __all__ = [
     "PLUGIN",
@@ -23,5 +22,4 @@ __all__ = [
     "GeminiProvider",
     "GeminiRunner",
     "SafetySetting",
-    "create_runner",
 ]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import attrs
 import trio
 
 from atomr_infer_core import Seconds, Secret
 from atomr_infer_core.errors import UnauthorizedError
-from atomr_infer_remote import CredentialProvider, EnvCredential, FileCredential, StaticCredential
+from atomr_infer_remote import CredentialProvider, FileCredential, RemoteConfig, StaticCredential
 
 from ._wire import AI_STUDIO_ENDPOINT, ai_studio_url, vertex_url
 
@@ -58,27 +56,9 @@ class CommandCredential:
         return Secret(token)
 
 
-@attrs.frozen
-class _FirstEnv:
-    """The first of several environment variables that is set."""
-
-    variables: tuple[str, ...]
-
-    async def credential(self) -> Secret | None:
-        for name in self.variables:
-            if os.environ.get(name, "").strip():
-                return await EnvCredential(name).credential()
-        return await EnvCredential(self.variables[0]).credential()
-
-    def problem(self) -> str | None:
-        if any(os.environ.get(name, "").strip() for name in self.variables):
-            return None
-        return EnvCredential(self.variables[0]).problem()
-
-
 @attrs.frozen(kw_only=True)
-class GeminiConfig:
-    """How to reach Gemini.
+class GeminiConfig(RemoteConfig):
+    """How to reach Gemini (the shared keys: :class:`RemoteConfig`).
 
     ``variant = "ai_studio"`` (default): ``{endpoint}models/{model}:generateContent`` with
     the API key in ``x-goog-api-key`` (from ``api_key``, ``api_key_file``, else
@@ -91,9 +71,6 @@ class GeminiConfig:
 
     variant: str = attrs.field(default="ai_studio", validator=_variant)
     endpoint: str | None = None
-    api_key: Secret | None = None
-    api_key_file: str | None = None
-    api_key_env: str | None = None
     project: str | None = None
     location: str = "us-central1"
     #: the original's name for ``location``; wins when set
@@ -105,9 +82,6 @@ class GeminiConfig:
     )
     token_refresh_interval: Seconds = attrs.field(default=2700.0, validator=attrs.validators.gt(0))
     safety: tuple[SafetySetting, ...] = attrs.field(default=(), converter=tuple)
-    extra_headers: dict[str, str] = attrs.field(factory=dict, hash=False)
-    max_connections: int = attrs.field(default=100, validator=attrs.validators.ge(1))
-    http2: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.variant == "vertex" and not self.project:
@@ -132,13 +106,10 @@ class GeminiConfig:
             if self.access_token_file is not None:
                 return FileCredential(self.access_token_file)
             return CommandCredential(self.access_token_command)
-        if self.api_key is not None:
-            return StaticCredential(self.api_key)
-        if self.api_key_file is not None:
-            return FileCredential(self.api_key_file)
-        if self.api_key_env:
-            return EnvCredential(self.api_key_env)
-        return _FirstEnv(("GEMINI_API_KEY", "GOOGLE_API_KEY"))
+        return super().credentials()
+
+    def default_env(self) -> tuple[str, ...]:
+        return ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 
     @property
     def refreshes_tokens(self) -> bool:

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from atomr_infer_core import RuntimePlugin, TransportKind, hookimpl
+from atomr_infer_remote import registers, remote_plugin
 
 from ._config import GeminiConfig
 from ._prices import PRICES
-from ._runner import create_runner
+from ._runner import GeminiRunner
 
 __all__ = ["PLUGIN", "register_runtimes"]
 
-PLUGIN = RuntimePlugin(
-    name="gemini",
+PLUGIN = remote_plugin(
+    GeminiRunner,
     config_class=GeminiConfig,
-    create=create_runner,
-    transport=TransportKind.REMOTE_NETWORK,
     model_patterns=("gemini-*", "google/gemini*"),
     prices=PRICES,
-    package="atomr-infer-gemini",
     description="Google Gemini on AI Studio or Vertex AI: streaming, tools, safety settings",
 )
-
-
-@hookimpl
-def register_runtimes(register: Callable[[RuntimePlugin], None]) -> None:
-    register(PLUGIN)
+register_runtimes = registers(PLUGIN)

@@ -1,105 +1,25 @@
-"""The gemini runtime: a ``Provider`` for the remote engine and the ``ModelRunner``.
-
-The engine does queueing, rate limits, the breaker, retries, 401 rebuilds, deadlines and
-cancellation; this module says how a batch becomes a ``generateContent`` request (AI
-Studio or Vertex AI) and how answers become chunks (through the SDK-free :mod:`._wire`).
-For Vertex AI with refreshable tokens, ``run`` also refreshes the token on a timer.
+"""The gemini runtime's ``ModelRunner``: the remote engine with the ``generateContent``
+provider (:mod:`._wire`), and for Vertex AI with refreshable tokens a timer that refreshes
+the token.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import trio
 
-from atomr_infer_core import (
-    Deployment,
-    ExecuteBatch,
-    FinishReason,
-    RequestKind,
-    RunnerContext,
-    RuntimeKind,
-    Secret,
-    SessionRebuildCause,
-    TokenChunk,
-)
-from atomr_infer_core.errors import InferenceError, MalformedStreamError, UnauthorizedError
-from atomr_infer_remote import EngineRunner, ProviderRequest, SSEEvent, upstream_model
+from atomr_infer_core import RequestKind, RuntimeKind, SessionRebuildCause
+from atomr_infer_core.errors import UnauthorizedError
+from atomr_infer_remote import EngineRunner
 
 from ._config import GeminiConfig
-from ._wire import ResponseState, build_request_body, refine_error
+from ._wire import GeminiProvider
 
-__all__ = ["GeminiProvider", "GeminiRunner", "create_runner"]
+__all__ = ["GeminiRunner"]
 
 log = logging.getLogger(__name__)
-
-
-class GeminiProvider:
-    """Gemini's ``generateContent`` as the remote engine's ``Provider``."""
-
-    name = "gemini"
-
-    def __init__(self, config: GeminiConfig, model: str) -> None:
-        self.config = config
-        self.model = model
-        self._urls = {s: config.url(model, stream=s) for s in (False, True)}
-        self._safety = [{"category": s.category, "threshold": s.threshold} for s in config.safety]
-
-    def build_request(self, batch: ExecuteBatch, credential: Secret | None) -> ProviderRequest:
-        body = build_request_body(batch, safety_settings=self._safety)
-        headers = dict(self.config.extra_headers)
-        if credential is not None:
-            if self.config.is_vertex:
-                headers["authorization"] = f"Bearer {credential.reveal()}"
-            else:
-                # sent, unlike the original (which built the keyed URL after the request)
-                headers["x-goog-api-key"] = credential.reveal()
-        return ProviderRequest(
-            url=self._urls[batch.stream], headers=headers, json=body, stream=batch.stream
-        )
-
-    def parse_response(self, batch: ExecuteBatch, body: Any) -> Sequence[TokenChunk]:
-        if not isinstance(body, dict):
-            raise MalformedStreamError("gemini: the answer is not a JSON object")
-        chunks = ResponseState(request_id=batch.request_id).feed(body)
-        if any(c.finish_reason for c in chunks):
-            return chunks
-        # a complete answer that names no reason finished normally
-        done = TokenChunk(request_id=batch.request_id, finish_reason=FinishReason.STOP)
-        return [*chunks, done]
-
-    def stream_parser(self, batch: ExecuteBatch) -> _ContentStream:
-        return _ContentStream(ResponseState(request_id=batch.request_id))
-
-    def refine_error(self, status: int, body: Any) -> InferenceError | None:
-        return refine_error(status, body)
-
-
-class _ContentStream:
-    """One streamed answer. Gemini has no end marker: the body ends after the event that
-    carries the last ``finishReason``; ending before one means the stream was cut."""
-
-    finished = False
-
-    def __init__(self, state: ResponseState) -> None:
-        self.state = state
-        self.saw_finish = False
-
-    def feed(self, event: SSEEvent) -> Sequence[TokenChunk]:
-        chunks = self.state.feed_text(event.data)
-        if any(c.finish_reason is not None for c in chunks):
-            self.saw_finish = True
-        return chunks
-
-    def end(self) -> Sequence[TokenChunk]:
-        if not self.saw_finish:
-            raise MalformedStreamError(
-                "gemini: the stream ended before a finishReason (the connection was cut); "
-                "the answer is incomplete"
-            )
-        return []
 
 
 class GeminiRunner(EngineRunner):
@@ -111,18 +31,15 @@ class GeminiRunner(EngineRunner):
 
     runtime_kind = RuntimeKind(RuntimeKind.GEMINI)
     capabilities = frozenset({RequestKind.CHAT, RequestKind.COMPLETION})
+    model_prefixes = ("google/",)
 
-    def __init__(
-        self, deployment: Deployment, config: GeminiConfig, context: RunnerContext | None = None
-    ) -> None:
-        model = upstream_model(deployment.model, ("google/",))
-        super().__init__(GeminiProvider(config, model), deployment, config, context)
-        self._refresh = self.credentials_supplied or config.refreshes_tokens
+    def make_provider(self, config: GeminiConfig, model: str) -> GeminiProvider:
+        return GeminiProvider(config, model)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.engine.run)
-            if self._refresh:
+            if self.credentials_supplied or self.config.refreshes_tokens:
                 nursery.start_soon(self._refresh_tokens)
             task_status.started()
 
@@ -134,10 +51,3 @@ class GeminiRunner(EngineRunner):
             except UnauthorizedError as error:
                 # the old token stays; a 401 will try again
                 log.warning("gemini: refreshing the access token failed: %s", error.message)
-
-
-def create_runner(
-    deployment: Deployment, config: GeminiConfig, context: RunnerContext
-) -> GeminiRunner:
-    """The plugin's factory (``RuntimePlugin.create``)."""
-    return GeminiRunner(deployment, config, context)

@@ -4,7 +4,8 @@
 :class:`ResponseState` lifts a JSON answer or each ``streamGenerateContent?alt=sse``
 event into ``TokenChunk`` values (the two share one shape); :func:`refine_error` turns a
 Google error body (``{"error": {"code", "message", "status", "details"}}``) into a typed
-error. URLs live here too (:func:`ai_studio_url`, :func:`vertex_url`). No I/O, no clock.
+error. URLs live here too (:func:`ai_studio_url`, :func:`vertex_url`), and
+:class:`GeminiProvider`, the engine's ``Provider`` built from them. No I/O, no clock.
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ from __future__ import annotations
 import json
 import mimetypes
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import attrs
+
+from atomr_infer_remote import ProviderRequest, SSEEvent
+
+if TYPE_CHECKING:
+    from ._config import GeminiConfig
 
 from atomr_infer_core import (
     ExecuteBatch,
@@ -26,6 +32,7 @@ from atomr_infer_core import (
     Message,
     RequestKind,
     Role,
+    Secret,
     TextPart,
     TokenChunk,
     TokenUsage,
@@ -46,6 +53,7 @@ from atomr_infer_core.errors import (
 
 __all__ = [
     "AI_STUDIO_ENDPOINT",
+    "GeminiProvider",
     "ResponseState",
     "ai_studio_url",
     "build_request_body",
@@ -478,3 +486,69 @@ def _parsed(body: Any) -> Any:
         except ValueError:
             return None
     return body
+
+
+class GeminiProvider:
+    """Gemini's ``generateContent`` as the remote engine's ``Provider``."""
+
+    name = "gemini"
+
+    def __init__(self, config: GeminiConfig, model: str) -> None:
+        self.config = config
+        self.model = model
+        self._urls = {s: config.url(model, stream=s) for s in (False, True)}
+        self._safety = [{"category": s.category, "threshold": s.threshold} for s in config.safety]
+
+    def build_request(self, batch: ExecuteBatch, credential: Secret | None) -> ProviderRequest:
+        body = build_request_body(batch, safety_settings=self._safety)
+        headers = dict(self.config.extra_headers)
+        if credential is not None:
+            if self.config.is_vertex:
+                headers["authorization"] = f"Bearer {credential.reveal()}"
+            else:
+                # sent, unlike the original (which built the keyed URL after the request)
+                headers["x-goog-api-key"] = credential.reveal()
+        return ProviderRequest(
+            url=self._urls[batch.stream], headers=headers, json=body, stream=batch.stream
+        )
+
+    def parse_response(self, batch: ExecuteBatch, body: Any) -> Sequence[TokenChunk]:
+        if not isinstance(body, dict):
+            raise MalformedStreamError("gemini: the answer is not a JSON object")
+        chunks = ResponseState(request_id=batch.request_id).feed(body)
+        if any(c.finish_reason for c in chunks):
+            return chunks
+        # a complete answer that names no reason finished normally
+        done = TokenChunk(request_id=batch.request_id, finish_reason=FinishReason.STOP)
+        return [*chunks, done]
+
+    def stream_parser(self, batch: ExecuteBatch) -> _ContentStream:
+        return _ContentStream(ResponseState(request_id=batch.request_id))
+
+    def refine_error(self, status: int, body: Any) -> InferenceError | None:
+        return refine_error(status, body)
+
+
+class _ContentStream:
+    """One streamed answer. Gemini has no end marker: the body ends after the event that
+    carries the last ``finishReason``; ending before one means the stream was cut."""
+
+    finished = False
+
+    def __init__(self, state: ResponseState) -> None:
+        self.state = state
+        self.saw_finish = False
+
+    def feed(self, event: SSEEvent) -> Sequence[TokenChunk]:
+        chunks = self.state.feed_text(event.data)
+        if any(c.finish_reason is not None for c in chunks):
+            self.saw_finish = True
+        return chunks
+
+    def end(self) -> Sequence[TokenChunk]:
+        if not self.saw_finish:
+            raise MalformedStreamError(
+                "gemini: the stream ended before a finishReason (the connection was cut); "
+                "the answer is incomplete"
+            )
+        return []

@@ -31,9 +31,9 @@ from atomr_infer_core.errors import (
     UnauthorizedError,
 )
 from atomr_infer_gemini import PRICES
-from atomr_infer_gemini._runner import _ContentStream
 from atomr_infer_gemini._wire import (
     ResponseState,
+    _ContentStream,
     ai_studio_url,
     build_request_body,
     error_from_payload,

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from ._runtime import (
     DEFAULT_MAX_RETRIES as DEFAULT_MAX_RETRIES,
-    MODEL_PATTERNS as MODEL_PATTERNS,
+    PLUGIN as PLUGIN,
     LiteLLMConfig as LiteLLMConfig,
     LiteLLMRunner as LiteLLMRunner,
-    create_runner as create_runner,
     with_default_retries as with_default_retries,
 )
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",
-    "MODEL_PATTERNS",
+    "PLUGIN",
     "LiteLLMConfig",
     "LiteLLMRunner",
-    "create_runner",
     "with_default_retries",
 ]

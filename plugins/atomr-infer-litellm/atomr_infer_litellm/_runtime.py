@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import attrs
 
-from atomr_infer_core import (
-    Deployment,
-    RetryPolicy,
-    RunnerContext,
-    RuntimePlugin,
-    Secret,
-    TransportKind,
-    hookimpl,
-)
+from atomr_infer_core import Deployment, RetryPolicy, RunnerContext, RuntimeKind
 from atomr_infer_openai import OPENAI_PRICES, OpenAIConfig, OpenAIRunner
+from atomr_infer_remote import RemoteConfig, registers, remote_plugin
 
-__all__ = ["MODEL_PATTERNS", "LiteLLMConfig", "LiteLLMRunner", "create_runner", "register_runtimes"]
-
-MODEL_PATTERNS = ("litellm/*", "*via-litellm*")
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "PLUGIN",
+    "LiteLLMConfig",
+    "LiteLLMRunner",
+    "register_runtimes",
+    "with_default_retries",
+]
 
 #: LiteLLM retries on its own; client retries on top would multiply (the original's choice)
 DEFAULT_MAX_RETRIES = 1
 
 
 @attrs.frozen(kw_only=True)
-class LiteLLMConfig:
+class LiteLLMConfig(RemoteConfig):
     """Where the LiteLLM proxy listens and how to authenticate to it.
 
     The key (a LiteLLM virtual or master key) comes from ``api_key``, else
@@ -35,25 +31,19 @@ class LiteLLMConfig:
     """
 
     base_url: str = "http://127.0.0.1:4000/v1"
-    api_key: Secret | None = None
-    api_key_file: str | None = None
-    api_key_env: str = "LITELLM_API_KEY"
-    extra_headers: dict[str, str] = attrs.field(factory=dict, hash=False)
-    max_connections: int = attrs.field(default=100, validator=attrs.validators.ge(1))
-    http2: bool = True
+
+    def default_env(self) -> tuple[str, ...]:
+        return ("LITELLM_API_KEY",)
+
+    def key_required(self) -> bool:
+        return False
 
     def to_openai(self) -> OpenAIConfig:
         """The same endpoint as an :class:`OpenAIConfig` (LiteLLM speaks OpenAI's wire)."""
+        shared = {f.name: getattr(self, f.name) for f in attrs.fields(RemoteConfig)}
+        shared["api_key_env"] = self.env_variables()[0]
         return OpenAIConfig(
-            base_url=self.base_url,
-            api_key=self.api_key,
-            api_key_file=self.api_key_file,
-            api_key_env=self.api_key_env,
-            api_key_required=False,
-            extra_headers=dict(self.extra_headers),
-            send_top_k=True,
-            max_connections=self.max_connections,
-            http2=self.http2,
+            **shared, base_url=self.base_url, api_key_required=False, send_top_k=True
         )
 
 
@@ -67,35 +57,20 @@ def with_default_retries(deployment: Deployment) -> Deployment:
 class LiteLLMRunner(OpenAIRunner):
     """An :class:`OpenAIRunner` reporting runtime ``litellm``, stripping ``litellm/``."""
 
+    runtime_kind = RuntimeKind(RuntimeKind.LITELLM)
+    model_prefixes = ("litellm/",)
+
     def __init__(
         self, deployment: Deployment, config: LiteLLMConfig, context: RunnerContext | None = None
     ) -> None:
-        super().__init__(
-            with_default_retries(deployment),
-            config.to_openai(),
-            context,
-            runtime="litellm",
-            strip_prefixes=("litellm/",),
-        )
+        super().__init__(with_default_retries(deployment), config.to_openai(), context)
 
 
-def create_runner(
-    deployment: Deployment, config: LiteLLMConfig, context: RunnerContext
-) -> LiteLLMRunner:
-    return LiteLLMRunner(deployment, config, context)
-
-
-@hookimpl
-def register_runtimes(register: Callable[[RuntimePlugin], None]) -> None:
-    register(
-        RuntimePlugin(
-            name="litellm",
-            config_class=LiteLLMConfig,
-            create=create_runner,
-            transport=TransportKind.REMOTE_NETWORK,
-            model_patterns=MODEL_PATTERNS,
-            prices=OPENAI_PRICES,
-            package="atomr-infer-litellm",
-            description="a LiteLLM proxy (OpenAI wire)",
-        )
-    )
+PLUGIN = remote_plugin(
+    LiteLLMRunner,
+    config_class=LiteLLMConfig,
+    model_patterns=("litellm/*", "*via-litellm*"),
+    prices=OPENAI_PRICES,
+    description="a LiteLLM proxy (OpenAI wire)",
+)
+register_runtimes = registers(PLUGIN)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ._config import OpenAIConfig as OpenAIConfig
+from ._plugin import PLUGIN as PLUGIN
 from ._prices import OPENAI_PRICES as OPENAI_PRICES
-from ._runner import OpenAIRunner as OpenAIRunner, create_runner as create_runner
+from ._runner import OpenAIRunner as OpenAIRunner
 from ._wire import (
     OpenAIProvider as OpenAIProvider,
     OpenAIStreamParser as OpenAIStreamParser,
@@ -15,12 +16,12 @@ from ._wire import (
 
 __all__ = [
     "OPENAI_PRICES",
+    "PLUGIN",
     "OpenAIConfig",
     "OpenAIProvider",
     "OpenAIRunner",
     "OpenAIStreamParser",
     "chat_body",
-    "create_runner",
     "message_json",
     "parse_usage",
 ]

@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from atomr_infer_core import RuntimePlugin, TransportKind, hookimpl
+from atomr_infer_remote import registers, remote_plugin
 
 from ._config import OpenAIConfig
 from ._prices import OPENAI_PRICES
-from ._runner import create_runner
+from ._runner import OpenAIRunner
 
-__all__ = ["MODEL_PATTERNS", "register_runtimes"]
+__all__ = ["PLUGIN", "register_runtimes"]
 
-MODEL_PATTERNS = (
-    "gpt-*",
-    "chatgpt-*",
-    "o1",
-    "o1-*",
-    "o3",
-    "o3-*",
-    "o4-*",
-    "text-embedding-*",
-    "openai/*",
+PLUGIN = remote_plugin(
+    OpenAIRunner,
+    config_class=OpenAIConfig,
+    model_patterns="gpt-* chatgpt-* o1 o1-* o3 o3-* o4-* text-embedding-* openai/*".split(),
+    prices=OPENAI_PRICES,
+    description="OpenAI API and Azure OpenAI: chat, completions, embeddings",
 )
-
-
-@hookimpl
-def register_runtimes(register: Callable[[RuntimePlugin], None]) -> None:
-    register(
-        RuntimePlugin(
-            name="openai",
-            config_class=OpenAIConfig,
-            create=create_runner,
-            transport=TransportKind.REMOTE_NETWORK,
-            model_patterns=MODEL_PATTERNS,
-            prices=OPENAI_PRICES,
-            package="atomr-infer-openai",
-            description="OpenAI API and Azure OpenAI: chat, completions, embeddings",
-        )
-    )
+register_runtimes = registers(PLUGIN)

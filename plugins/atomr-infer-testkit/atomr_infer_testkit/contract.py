@@ -6,8 +6,8 @@ a 429 with ``Retry-After`` is retried after exactly that delay, a 5xx is retried
 backoff and opens the breaker, a 401 rebuilds the session with a fresh credential, a
 stream dropped or broken after output raises a typed error without repeating text,
 leaving a stream closes the upstream response, usage is reported, tool calls arrive in
-OpenAI's shape; and behind a real Cluster and gateway a context overflow is a 400, a 429
-past the deadline keeps its ``Retry-After``, a dropped stream ends with an error event, a
+OpenAI's shape, the plugin's declared model patterns claim its model; and behind a real
+Cluster and gateway a context overflow is a 400, a 429 past the deadline keeps its ``Retry-After``, a dropped stream ends with an error event, a
 client that disconnects closes the upstream. A plugin's own tests keep only what is
 specific to its wire.
 
@@ -457,3 +457,18 @@ class RunnerContractSuite:
         autojump_clock: trio.testing.MockClock,
     ) -> None:
         await scenario.run(runner_contract)
+
+    def test_the_declared_model_patterns_claim_the_model(
+        self, runner_contract: ContractAdapter
+    ) -> None:
+        from atomr_infer_core import infer_runtime
+        from atomr_infer_runtimes import PluginRegistry
+
+        plugin = runner_contract.plugin
+        registry = PluginRegistry()
+        registry.add(plugin)  # the host feeds the plugin's patterns to infer_runtime
+        try:
+            assert infer_runtime(runner_contract.model) == plugin.name
+        finally:
+            registry.close()
+        assert infer_runtime(runner_contract.model) is None

@@ -1,5 +1,6 @@
-"""``send_streaming``: the lean path on the client's pool sends what httpx would, decodes
-what httpx would, and fails the way httpx would (against real loopback servers)."""
+"""The fast upstream client: ``send_streaming`` on the client's pool sends what httpx would,
+decodes what httpx would, and fails the way httpx would (against real loopback servers);
+off by config or on an httpcore it was not tested on, the client is plain httpx."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from atomr_infer_core.errors import NetworkError
+from atomr_infer_remote import _fastclient
+from atomr_infer_remote._fastclient import FastResponse, FastTransport
 from atomr_infer_remote._http import (
-    LeanResponse,
+    HttpClientOptions,
     map_http_errors,
     open_http_client,
     send_streaming,
@@ -90,7 +93,7 @@ async def test_lean_request_matches_httpx_on_the_wire() -> None:
             json=BODY,
             connect_timeout=5.0,
         )
-        assert isinstance(response, LeanResponse)
+        assert isinstance(response, FastResponse)
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/json"
         assert json.loads(await _read(response)) == {"ok": True}
@@ -150,7 +153,7 @@ async def test_dropped_body_is_network_error() -> None:
             json={**BODY, "stream": True},
             connect_timeout=5.0,
         )
-        assert isinstance(response, LeanResponse)
+        assert isinstance(response, FastResponse)
         with pytest.raises(NetworkError, match="RemoteProtocolError") as info:
             with map_http_errors(provider="openai"):
                 await _read(response)
@@ -201,11 +204,12 @@ async def test_an_idle_connection_the_server_closed_is_not_reused_between_sweeps
         listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
         async with open_http_client() as client:
-            pool = client._transport._pool  # type: ignore[attr-defined]
-            assert type(pool).__name__ == "_LeanPool"
+            transport = _fastclient.transport_for(client)
+            assert isinstance(transport, FastTransport)
+            pool = transport.pool
             url = f"http://127.0.0.1:{port}/x"
             for _ in range(2):
-                pool._last_sweep = time.monotonic()  # no full sweep: the lean path decides
+                pool._last_sweep = time.monotonic()  # no full sweep: the fast pool decides
                 response = await send_streaming(
                     client, "POST", url, headers={}, json=BODY, connect_timeout=5.0
                 )
@@ -213,3 +217,54 @@ async def test_an_idle_connection_the_server_closed_is_not_reused_between_sweeps
                 await closed.wait()
         nursery.cancel_scope.cancel()
     assert connections == 2
+
+
+async def test_the_fast_client_is_bounded_to_the_httpcore_releases_it_was_tested_on() -> None:
+    assert _fastclient.supported("1.0.9")
+    assert _fastclient.supported("1.0.0")
+    assert not _fastclient.supported("1.1.0")
+    assert not _fastclient.supported("0.18.0")
+    assert not _fastclient.supported("2.0.0.dev1")
+
+
+@pytest.mark.parametrize("why", ["opted out", "untested httpcore"])
+async def test_without_the_fast_client_requests_go_through_plain_httpx(
+    monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    options = HttpClientOptions()
+    if why == "opted out":
+        options = HttpClientOptions(fast_client=False)
+    else:
+        monkeypatch.setattr(_fastclient.httpcore, "__version__", "1.1.0")
+    seen: list[dict[str, Any]] = []
+    async with _server(_echo_app(seen)) as url, open_http_client(options, base_url=url) as client:
+        assert _fastclient.transport_for(client) is None
+        response = await send_streaming(
+            client,
+            "POST",
+            "/x",
+            headers={"authorization": "Bearer k"},
+            json=BODY,
+            connect_timeout=5.0,
+        )
+        assert isinstance(response, httpx.Response)
+        assert json.loads(await _read(response)) == {"ok": True}
+    assert seen[0]["path"] == "/x"
+    assert seen[0]["headers"]["authorization"] == "Bearer k"
+    assert json.loads(seen[0]["body"]) == BODY
+
+
+async def test_httpx_requests_on_a_fast_client_share_its_pool() -> None:
+    seen: list[dict[str, Any]] = []
+    async with _server(_echo_app(seen)) as url, open_http_client(base_url=url) as client:
+        transport = _fastclient.transport_for(client)
+        assert transport is not None
+        reply = await client.post("/x", json=BODY)
+        assert reply.json() == {"ok": True}
+        fast = await send_streaming(
+            client, "POST", "/x", headers={}, json=BODY, connect_timeout=5.0
+        )
+        assert isinstance(fast, FastResponse)
+        await _read(fast)
+        assert len(transport.pool.connections) == 1  # one connection served both paths
+    assert seen[0]["body"] == seen[1]["body"]
