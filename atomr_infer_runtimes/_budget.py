@@ -224,20 +224,12 @@ class BudgetGuard:
                 await window.spend.adjust(-amount, now=now, reserved_at=now)
 
     async def _exceeded(self, window: _Window, amount: float, now: float) -> BudgetExceededError:
-        retry_after: float | None = None
-        room_at = await window.spend.earliest_room(
-            amount, limit=window.limit, window_s=window.seconds, now=now
-        )
-        if room_at is not None and math.isfinite(room_at):
-            retry_after = max(0.0, room_at - now)
-        spent = await window.spend.total(window_s=window.seconds, now=now)
-        hint = f"; room again in {retry_after:.0f}s" if retry_after is not None else ""
-        return BudgetExceededError(
-            f"deployment {self.deployment!r} is over its budget: ${spent:.6f} spent of "
-            f"${window.limit:.6f} per {window.label}, and this request may cost up to "
-            f"${amount:.6f}{hint}. Raise budget.max_spend_per_{window.label}_usd or lower "
-            "max_tokens",
-            retry_after_s=retry_after,
+        return await over_budget(
+            window,
+            amount,
+            now,
+            who=f"deployment {self.deployment!r}",
+            setting=f"budget.max_spend_per_{window.label}_usd",
         )
 
     def _warn_once(self, window: _Window, now: float) -> None:
@@ -275,3 +267,24 @@ class BudgetGuard:
             over |= await window.spend.total(window_s=window.seconds, now=now) >= window.limit
         if self.budget is not None and self.budget.on_exceeded is BudgetAction.THROTTLE:
             self._set_throttled(over)
+
+
+async def over_budget(
+    window: Any, amount: float, now: float, *, who: str, setting: str
+) -> BudgetExceededError:
+    """The 429 for ``amount`` not fitting ``window`` (a deployment's or a tenant's: it
+    has ``spend``, ``limit``, ``seconds`` and ``label``), with when room comes back."""
+    retry_after: float | None = None
+    room_at = await window.spend.earliest_room(
+        amount, limit=window.limit, window_s=window.seconds, now=now
+    )
+    if room_at is not None and math.isfinite(room_at):
+        retry_after = max(0.0, room_at - now)
+    spent = await window.spend.total(window_s=window.seconds, now=now)
+    hint = f"; room again in {retry_after:.0f}s" if retry_after is not None else ""
+    return BudgetExceededError(
+        f"{who} is over its budget: ${spent:.6f} spent of ${window.limit:.6f} per "
+        f"{window.label}, and this request may cost up to ${amount:.6f}{hint}. Raise "
+        f"{setting} or lower max_tokens",
+        retry_after_s=retry_after,
+    )

@@ -42,7 +42,7 @@ from atomr_infer_core import (
 )
 from atomr_infer_core.errors import BudgetExceededError, ModelNotAllowedError
 
-from ._budget import DAY, HOUR, WORST_CASE_OUTPUT_TOKENS, _RollingSum
+from ._budget import DAY, HOUR, WORST_CASE_OUTPUT_TOKENS, _RollingSum, over_budget
 from ._metrics import ClusterMetrics
 
 __all__ = ["TenantStatus", "TenantTicket", "Tenants"]
@@ -354,20 +354,12 @@ class Tenants:
     async def _exceeded(
         self, tenant: _Tenant, window: _Window, amount: float, now: float
     ) -> BudgetExceededError:
-        retry_after: float | None = None
-        room_at = await window.spend.earliest_room(
-            amount, limit=window.limit, window_s=window.seconds, now=now
-        )
-        if room_at is not None and math.isfinite(room_at):
-            retry_after = max(0.0, room_at - now)
-        spent = await window.spend.total(window_s=window.seconds, now=now)
-        hint = f"; room again in {retry_after:.0f}s" if retry_after is not None else ""
-        return BudgetExceededError(
-            f"key {tenant.name!r} is over its budget: ${spent:.6f} spent of "
-            f"${window.limit:.6f} per {window.label}, and this request may cost up to "
-            f"${amount:.6f}{hint}. Raise [[key]].budget.max_spend_per_{window.label}_usd "
-            "or lower max_tokens",
-            retry_after_s=retry_after,
+        return await over_budget(
+            window,
+            amount,
+            now,
+            who=f"key {tenant.name!r}",
+            setting=f"[[key]].budget.max_spend_per_{window.label}_usd",
         )
 
     def _warn_once(self, tenant: _Tenant, window: _Window, now: float) -> None:
