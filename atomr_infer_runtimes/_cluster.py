@@ -8,24 +8,19 @@
             async for chunk in chunks: ...
             chunks.deployment     # which deployment served it
 
-Request path (in the caller's task): resolve the model to a deployment ▸ for it and then
-each of its ``fallbacks``: admission (budget ▸ rate limit ▸ capacity) ▸ least-outstanding
-replica ▸ ``runner.execute``. Everything up to the first chunk runs under the request's
-deadline (``batch.deadline``, else arrival + ``timeouts.request_timeout``). A failure
-before the first chunk moves on to a sibling replica (crash) or the next fallback;
-after output began, the error goes to the caller.
+The cluster routes: :meth:`Cluster.candidates` names the deployments a request tries, in
+order; the request path itself (:class:`Execution`, attempts on deployments) is in
+``_execution`` and ``_attempt``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 import attrs
@@ -43,59 +38,38 @@ from atomr_infer_core import (
     RuntimePlugin,
     SamplingParams,
     StateBackendKind,
-    TokenChunk,
     Tokens,
     TokensBuilder,
-    TokenUsage,
 )
 from atomr_infer_core.config import load_config
 from atomr_infer_core.errors import (
     BadRequestError,
     ConfigError,
-    ContentFilteredError,
-    ContextLengthExceededError,
-    DeploymentFailedError,
     DrainingError,
-    InferenceError,
-    InternalError,
     NotFoundError,
-    PayloadTooLargeError,
-    RequestTimeoutError,
-    SessionPoisonedError,
 )
 
-from ._admission import Ticket
 from ._cascade import Cascade
-from ._content import text_problem
 from ._deployments import (
     DeploymentRuntime,
     DeploymentState,
     DeploymentStatus,
-    ReplicaSlot,
     breaker_state,
 )
+from ._execution import Execution
 from ._metrics import BREAKER_STATE_VALUES, ClusterMetrics
-from ._pipelines import REQUEST_ERRORS, Balancer, MemberView, PipelineStatus
+from ._pipelines import Balancer, MemberView, PipelineStatus
 from ._plugins import PluginRegistry
 from ._preflight import credential_problems
 from ._rotation import RotationResult, rotate_credentials
 from ._routing import fallback_chain, resolve_deployment
 from ._supervisor import RestartPolicy
-from ._telemetry import RequestTrace, Telemetry, telemetry_from_config
-from ._tenants import Tenants, TenantStatus, TenantTicket
+from ._telemetry import Telemetry, telemetry_from_config
+from ._tenants import Tenants, TenantStatus
 
 __all__ = ["Cluster", "ClusterStatus", "Execution", "open_cluster"]
 
 log = logging.getLogger("atomr_infer.cluster")
-
-# Errors about the request itself: another deployment would refuse it too.
-_NO_FALLBACK = (
-    BadRequestError,
-    ContextLengthExceededError,
-    ContentFilteredError,
-    PayloadTooLargeError,
-    NotFoundError,
-)
 
 
 @attrs.frozen(kw_only=True)
@@ -111,512 +85,6 @@ class ClusterStatus:
     tenants: tuple[TenantStatus, ...] = ()
     #: the ``[[pipeline]]`` names: cascades and balances
     pipelines: tuple[PipelineStatus, ...] = ()
-
-
-class _RequestLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Puts the request id (and deployment, once known) on every line of a request."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        prefix = f"request_id={extra.get('request_id')}"
-        if extra.get("deployment"):
-            prefix += f" deployment={extra['deployment']}"
-        kwargs.setdefault("extra", {}).update(extra)
-        return f"[{prefix}] {msg}", kwargs
-
-
-def _only_cancelled(exc: BaseException) -> bool:
-    if isinstance(exc, trio.Cancelled):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only_cancelled(e) for e in exc.exceptions)
-    return False
-
-
-class _Attempt:
-    """One try of a request on one deployment; the replica may abort it."""
-
-    def __init__(self, runtime: DeploymentRuntime, deadline: float) -> None:
-        self.runtime = runtime
-        self.scope = trio.CancelScope(deadline=deadline)
-        self.error: InferenceError | None = None
-        self.replica: ReplicaSlot | None = None
-        #: the replica's crash log already counted this attempt as failed
-        self.crash_counted = False
-        #: when it started and when its first chunk came (balance latency averages)
-        self.started = trio.current_time()
-        self.first_at: float | None = None
-
-    def abort(self, error: InferenceError) -> None:
-        """Fail this attempt with ``error`` (replica crashed, deployment stopped)."""
-        if self.error is None:
-            self.error = error
-            self.scope.cancel()
-
-
-_NOTHING: Any = object()
-
-
-class Execution:
-    """The handle :meth:`Cluster.execute` returns: ``async with`` it to get the chunks.
-
-    Attributes:
-        request_id: the batch's request id.
-        deployment: the deployment serving the request, set once it was routed and its
-            first chunk arrived (``None`` before, or when every deployment failed).
-        usage: the last usage the runner reported.
-        cost_usd: the request's cost from the price table, set on exit.
-
-    Errors are InferenceError subclasses (with ``.deployment`` set), raised from
-    ``__aenter__`` when no deployment produced output, or from iteration after output
-    began. Leaving the block cancels the request's work.
-    """
-
-    def __init__(self, cluster: Cluster, batch: ExecuteBatch) -> None:
-        self._cluster = cluster
-        self.batch = batch
-        self.request_id = batch.request_id
-        self.deployment: str | None = None
-        self.usage: TokenUsage | None = None
-        self.cost_usd: float | None = None
-        self._log = _RequestLog(log, {"request_id": batch.request_id})
-        self._stack: contextlib.AsyncExitStack | None = None
-        self._attempt: _Attempt | None = None
-        self._iterator: AsyncIterator[TokenChunk] | None = None
-        self._first: Any = _NOTHING
-        self._done = False
-        self._arrival = 0.0
-        self._first_at = 0.0
-        self._phase = "queue"
-        self._entered = False
-        #: the deployment the request was last routed to (metrics label before output)
-        self._routed: str | None = None
-        self._recorded = False
-        #: the current attempt reached a runner (a non-idempotent one must not be re-sent)
-        self._dispatched = False
-        #: tracing (None when telemetry is off): the request's trace, the live attempt span
-        self._trace: RequestTrace | None = None
-        self._attempt_span: Any = None
-        self._position = 0
-        #: output received from the runner so far (charged when no usage arrives)
-        self._produced_chunks = 0
-        self._produced_chars = 0
-        #: what the request's tenant admission took (``cluster.tenants``), or None
-        self._tenant_ticket: TenantTicket | None = None
-
-    # -- entering: route, admit, dispatch, first chunk ------------------------------
-
-    async def __aenter__(self) -> Execution:
-        if self._entered:
-            raise RuntimeError("an Execution can be entered once")
-        self._entered = True
-        cluster = self._cluster
-        self._arrival = trio.current_time()
-        if cluster.telemetry is not None:
-            self._trace = cluster.telemetry.start_request(self.batch, self._arrival)
-        try:
-            return await self._enter()
-        except BaseException as exc:
-            # no output: the request ends here, counted once with how it ended (a client
-            # that left first is "cancelled": the gateway's 499)
-            await self._release_tenant(exc)
-            self._record(exc)  # ends the trace too
-            raise
-
-    async def _enter(self) -> Execution:
-        cluster = self._cluster
-        problem = text_problem(self.batch)
-        if problem is not None:
-            raise problem
-        chain = cluster.candidates(self.batch.model)
-        primary = cluster._runtime(chain[0])
-        self._routed = primary.name
-        deadline = self.batch.deadline
-        if deadline is None:
-            deadline = self._arrival + primary.deployment.timeouts.request_timeout
-        self._tenant_ticket = await cluster.tenants.admit(self.batch, deadline=deadline)
-        last: InferenceError | None = None
-        for position, name in enumerate(chain):
-            runtime = cluster._deployments.get(name)
-            if runtime is None:
-                continue
-            self._routed = name
-            try:
-                self._position = position
-                await self._start_on(runtime, deadline)
-                return self
-            except InferenceError as exc:
-                if exc.deployment is None:
-                    exc.deployment = name
-                last = exc
-                if not self._may_fall_back(exc, runtime, deadline) or position == len(chain) - 1:
-                    raise
-                cluster.metrics.fallbacks.labels(name, exc.kind).inc()
-                self._log.warning(
-                    "deployment %s failed before output (%s: %s); trying its fallback",
-                    name,
-                    exc.kind,
-                    exc.message,
-                )
-        assert last is not None
-        raise last
-
-    def _may_fall_back(
-        self, exc: InferenceError, runtime: DeploymentRuntime, deadline: float
-    ) -> bool:
-        """Before output, anything but a bad request moves on while time is left; a
-        non-idempotent deployment only moves on when the request never reached a runner."""
-        if isinstance(exc, _NO_FALLBACK):
-            return False
-        if self._dispatched and not runtime.deployment.idempotent:
-            return False
-        return trio.current_time() < deadline
-
-    async def _start_on(self, runtime: DeploymentRuntime, deadline: float) -> None:
-        """Start on ``runtime``, moving to a sibling replica when one crashes under us."""
-        tries = max(1, runtime.deployment.replicas)
-        for attempt_no in range(tries):
-            try:
-                await self._try(runtime, deadline)
-                return
-            except SessionPoisonedError:
-                crashed = self._attempt is not None and self._attempt.error is not None
-                last_try = attempt_no == tries - 1
-                if not crashed or last_try or not runtime.deployment.idempotent:
-                    raise
-                if runtime.state is not DeploymentState.SERVING:
-                    raise
-                self._log.warning("replica crashed before output; re-routing to a sibling")
-
-    async def _try(self, runtime: DeploymentRuntime, deadline: float) -> None:
-        stack = contextlib.AsyncExitStack()
-        attempt = _Attempt(runtime, deadline)
-        self._attempt = attempt
-        self._phase = "queue"
-        self._dispatched = False
-        self._produced_chunks = self._produced_chars = 0
-        stack.enter_context(attempt.scope)
-        runtime.attempts.add(attempt)
-        stack.callback(self._cluster._attempt_done, runtime, attempt)
-        stack.push(_observed(self._cluster, attempt))
-        if self._trace is not None:
-            self._attempt_span = self._trace.attempt(
-                runtime.name, str(runtime.plugin.name), runtime.deployment.model, self._position
-            )
-        try:
-            await self._wait_serving(runtime)
-            self._check_breaker(runtime)
-            ticket = await self._admit(runtime, deadline)
-            stack.push_async_callback(self._release, runtime, ticket)
-            self._phase = "queue"
-            replica = await self._pick(runtime)
-            if self.batch.kind not in replica.runner.capabilities:
-                raise BadRequestError(
-                    f"deployment {runtime.name!r} does not serve {self.batch.kind} requests "
-                    f"(it serves: {', '.join(sorted(map(str, replica.runner.capabilities)))})",
-                    param="model",
-                )
-            attempt.replica = replica
-            runtime.dispatched(replica, attempt)
-            stack.push(_on_leave(runtime, replica, attempt))
-            self._phase = "first_byte"
-            self._dispatched = True
-            batch = attrs.evolve(
-                self.batch,
-                model=runtime.deployment.model,
-                deadline=deadline,
-                traceparent=self._traceparent(),
-            )
-            self._log.debug("dispatched to replica %d", replica.index)
-            iterator = await stack.enter_async_context(replica.runner.execute(batch))
-            first = await _first_chunk(iterator)
-            if first is not None:
-                self._produced(first)
-        except BaseException as exc:
-            error = self._attempt_error(attempt, exc, deadline)
-            self._end_attempt_span(error or exc)
-            if error is None:
-                await stack.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
-            await stack.__aexit__(type(error), error, error.__traceback__)
-            raise error from None
-        attempt.scope.deadline = math.inf
-        attempt.first_at = trio.current_time()
-        self._stack = stack
-        self._iterator = iterator
-        self._first = first
-        self.deployment = runtime.name
-        self._log.extra = {"request_id": self.request_id, "deployment": runtime.name}
-        self._first_at = trio.current_time()
-        self._cluster.metrics.of(runtime.name).ttft.observe(self._first_at - self._arrival)
-        if self._trace is not None:
-            self._trace.first_token(self._first_at)
-
-    async def _admit(self, runtime: DeploymentRuntime, deadline: float) -> Ticket:
-        if self._trace is None:
-            return await runtime.admission.admit(
-                self.batch, deadline=deadline, on_phase=self._set_phase
-            )
-        span = self._trace.child("atomr.admission", {"atomr.deployment": runtime.name})
-        try:
-            ticket = await runtime.admission.admit(
-                self.batch, deadline=deadline, on_phase=self._set_phase
-            )
-        except BaseException as exc:
-            self._trace.t.end_span(span, exc)
-            raise
-        self._trace.t.end_span(span, None)
-        return ticket
-
-    def _traceparent(self) -> str | None:
-        """What the runner sends upstream: the attempt span, else the caller's context."""
-        if self._attempt_span is not None and self._trace is not None:
-            return self._trace.t.traceparent_of(self._attempt_span)
-        return self.batch.traceparent
-
-    def _end_attempt_span(self, error: BaseException | None) -> None:
-        span, self._attempt_span = self._attempt_span, None
-        if span is not None and self._trace is not None:
-            self._trace.t.end_span(span, error)
-
-    def _end_trace(self, error: BaseException | None) -> None:
-        if self._trace is None:
-            return
-        self._end_attempt_span(error)
-        trace, self._trace = self._trace, None
-        trace.finish(error, deployment=self.deployment, usage=self.usage, now=trio.current_time())
-
-    def _set_phase(self, phase: str) -> None:
-        self._phase = phase
-
-    def _attempt_error(
-        self, attempt: _Attempt, exc: BaseException, deadline: float
-    ) -> InferenceError | None:
-        """The typed error an attempt ended with (``None``: re-raise ``exc`` as is)."""
-        if attempt.error is not None and (_only_cancelled(exc) or isinstance(exc, InferenceError)):
-            return attempt.error
-        if attempt.scope.cancel_called and _only_cancelled(exc):
-            waited = trio.current_time() - self._arrival
-            phase = "first_byte" if self._phase == "first_byte" else "queue"
-            return RequestTimeoutError(
-                f"no output from deployment {attempt.runtime.name!r} within the request "
-                f"deadline ({waited:.3f}s, waiting in phase {self._phase!r}); raise "
-                "timeouts.request_timeout or add capacity",
-                elapsed_s=waited,
-                phase=phase,
-            )
-        return None
-
-    async def _wait_serving(self, runtime: DeploymentRuntime) -> None:
-        while runtime.state is DeploymentState.PENDING:
-            await runtime.wait_changed()
-        if runtime.state is DeploymentState.FAILED:
-            raise DeploymentFailedError(
-                f"deployment {runtime.name!r} has failed ({runtime.reason}); fix it and "
-                "deploy it again"
-            )
-        if runtime.state is DeploymentState.DRAINING:
-            raise DrainingError(f"deployment {runtime.name!r} is being undeployed")
-
-    def _check_breaker(self, runtime: DeploymentRuntime) -> None:
-        breaker = runtime.breaker
-        if breaker is not None and breaker.state == "open":
-            breaker.check()  # raises CircuitOpenError with truthful timestamps
-
-    async def _pick(self, runtime: DeploymentRuntime) -> ReplicaSlot:
-        while True:
-            if runtime.state is not DeploymentState.SERVING:
-                await self._wait_serving(runtime)
-            replica = runtime.pick_replica(self.batch)
-            if replica is not None:
-                return replica
-            await runtime.wait_changed()
-
-    async def _release(self, runtime: DeploymentRuntime, ticket: Ticket) -> None:
-        usage = self.usage or self._usage_so_far()
-        with trio.CancelScope(shield=True):
-            cost = await runtime.admission.release(ticket, usage)
-        if cost is None and usage is not None:
-            cost = runtime.budget.cost(usage)
-        self.cost_usd = cost
-
-    def _produced(self, chunk: TokenChunk) -> None:
-        if chunk.usage is not None:
-            self.usage = chunk.usage
-        if chunk.text_delta or chunk.tool_call_deltas:
-            self._produced_chunks += 1
-            self._produced_chars += len(chunk.text_delta)
-
-    def _usage_so_far(self) -> TokenUsage | None:
-        """What a stream that ended without usage (the client left, the upstream cut it)
-        is charged: the prompt estimate plus the output it produced, never zero; ``None``
-        when no output came at all (the attempt failed before its first chunk)."""
-        if not self._produced_chunks:
-            return None
-        output = max(self._produced_chunks, math.ceil(self._produced_chars / 4))
-        return TokenUsage(input_tokens=self.batch.input_token_estimate(), output_tokens=output)
-
-    # -- iterating --------------------------------------------------------------------
-
-    def __aiter__(self) -> Execution:
-        return self
-
-    async def __anext__(self) -> TokenChunk:
-        if self._iterator is None:
-            raise RuntimeError("use `async with cluster.execute(batch) as chunks`")
-        if self._first is not _NOTHING:
-            chunk, self._first = self._first, _NOTHING
-            if chunk is None:
-                self._done = True
-                raise StopAsyncIteration
-        else:
-            try:
-                chunk = await self._iterator.__anext__()
-            except StopAsyncIteration:
-                self._done = True
-                raise
-            except BaseException as exc:
-                error = self._stream_error(exc)
-                if error is None:
-                    raise
-                raise error from None
-            self._produced(chunk)  # the first chunk was counted when it arrived
-        if self._trace is not None:
-            self._trace.chunk(chunk)
-        return chunk
-
-    def next_nowait(self) -> TokenChunk | None:
-        """The next chunk if the runner already produced it, else ``None``.
-
-        Never waits and never raises: the end of the stream and errors come from
-        ``__anext__``. Runners whose iterator has no ``next_nowait`` always give ``None``.
-        """
-        if self._first is not _NOTHING or self._iterator is None:
-            return None
-        take = getattr(self._iterator, "next_nowait", None)
-        if take is None:
-            return None
-        chunk: TokenChunk | None = take()
-        if chunk is not None:
-            self._produced(chunk)
-            if self._trace is not None:
-                self._trace.chunk(chunk)
-        return chunk
-
-    def _stream_error(self, exc: BaseException) -> InferenceError | None:
-        attempt = self._attempt
-        if attempt is not None and attempt.error is not None:
-            if _only_cancelled(exc) or isinstance(exc, InferenceError):
-                return attempt.error
-        if isinstance(exc, InferenceError) and exc.deployment is None:
-            exc.deployment = self.deployment
-        return None
-
-    # -- leaving ---------------------------------------------------------------------
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        stack, self._stack = self._stack, None
-        if stack is None:
-            return None
-        error: BaseException | None = exc
-        try:
-            suppressed = await stack.__aexit__(exc_type, exc, tb)
-            if suppressed and exc is not None:
-                # our attempt scope swallowed its own cancellation: say why it happened
-                attempt = self._attempt
-                error = (attempt.error if attempt else None) or InternalError(
-                    "the request was cancelled by the runtime layer"
-                )
-                error.deployment = error.deployment or self.deployment
-                raise error
-        except BaseException as new:
-            error = new
-            raise
-        finally:
-            await self._release_tenant(error)
-            self._record(error)
-        return None
-
-    async def _release_tenant(self, error: BaseException | None) -> None:
-        ticket, self._tenant_ticket = self._tenant_ticket, None
-        if ticket is None:
-            return
-        outcome = "ok" if error is None else "cancelled" if _only_cancelled(error) else "error"
-        usage = self.usage or self._usage_so_far()
-        await self._cluster.tenants.release(
-            ticket, usage=usage, cost=self.cost_usd, outcome=outcome
-        )
-
-    def _record(self, error: BaseException | None) -> None:
-        """Count the request, once, with its outcome (ok, error kind, cancelled)."""
-        if self._recorded:
-            return
-        self._recorded = True
-        cluster = self._cluster
-        name = self.deployment or self._routed or "?"
-        bound = cluster.metrics.of(name)
-        if error is None:
-            now = trio.current_time()
-            bound.ok.inc()
-            bound.latency.observe(now - self._arrival)
-            produced = self.usage.output_tokens if self.usage is not None else 0
-            if produced > 1:
-                bound.tpot.observe((now - self._first_at) / (produced - 1))
-        elif isinstance(error, InferenceError):
-            cluster.metrics.requests.labels(name, "error", error.kind).inc()
-            if self.deployment is not None:
-                self._log.warning("failed after output began: %s: %s", error.kind, error.message)
-        elif _only_cancelled(error):
-            cluster.metrics.requests.labels(name, "cancelled", "").inc()
-        else:
-            cluster.metrics.requests.labels(name, "error", type(error).__name__).inc()
-        if self.usage is not None:
-            bound.tokens_in.inc(self.usage.input_tokens)
-            bound.tokens_out.inc(self.usage.output_tokens)
-        if self.cost_usd:
-            bound.cost.inc(self.cost_usd)
-        if self._trace is not None:
-            self._end_trace(error)
-
-
-def _observed(cluster: Cluster, attempt: _Attempt) -> Any:
-    """An exit callback telling ``cluster.observe`` how a dispatched attempt went: its
-    time to first byte (or to failing). Attempts refused before dispatch (breaker, rate
-    limit), bad requests and clients that left before output measure nothing."""
-
-    def leave(_type: Any, error: BaseException | None, _tb: Any) -> None:
-        error = attempt.error or error
-        if attempt.replica is None or isinstance(error, REQUEST_ERRORS):
-            return
-        first = attempt.first_at
-        if first is None and error is not None and _only_cancelled(error):
-            return
-        ok = first is not None and (error is None or _only_cancelled(error))
-        end = first if first is not None else trio.current_time()
-        cluster.observe(attempt.runtime.name, latency_s=end - attempt.started, ok=ok)
-
-    return leave
-
-
-def _on_leave(runtime: DeploymentRuntime, replica: ReplicaSlot, attempt: _Attempt) -> Any:
-    """An exit callback telling the deployment the attempt left, and with what error."""
-
-    def leave(_type: Any, error: BaseException | None, _tb: Any) -> None:
-        runtime.finished(replica, attempt, attempt.error or error)
-
-    return leave
-
-
-async def _first_chunk(iterator: AsyncIterator[TokenChunk]) -> TokenChunk | None:
-    try:
-        return await iterator.__anext__()
-    except StopAsyncIteration:
-        return None
 
 
 class Cluster:
@@ -736,8 +204,9 @@ class Cluster:
                 out.append(self._balancers[name].status(views, now))
         return tuple(out)
 
-    def _runtime(self, name: str) -> DeploymentRuntime:
-        return self._deployments[name]
+    def find_runtime(self, name: str) -> DeploymentRuntime | None:
+        """The live deployment ``name``, or ``None`` (undeployed meanwhile)."""
+        return self._deployments.get(name)
 
     def _price_of(self, model: str) -> Any:
         """The price a request for ``model`` is reserved at: its first deployment's."""
@@ -978,11 +447,6 @@ class Cluster:
                     await runtime.wait_changed()
         runtime.abort_all(DrainingError(f"deployment {runtime.name!r} was undeployed"))
         runtime.stop()
-
-    def _attempt_done(self, runtime: DeploymentRuntime, attempt: _Attempt) -> None:
-        runtime.attempts.discard(attempt)
-        if runtime.state is DeploymentState.DRAINING and not runtime.attempts:
-            runtime.notify()
 
     # -- health ------------------------------------------------------------------------
 

@@ -31,9 +31,15 @@ from atomr_infer_core import (
     SessionRebuildCause,
     StepModel,
 )
-from atomr_infer_core.errors import InferenceError, SessionPoisonedError
+from atomr_infer_core.errors import (
+    DeploymentFailedError,
+    DrainingError,
+    InferenceError,
+    SessionPoisonedError,
+)
 
 from ._admission import Admission
+from ._attempt import Attempt
 from ._budget import BudgetGuard
 from ._metrics import ClusterMetrics
 from ._routing import PrefixOwners, cache_aware, least_outstanding, prefix_keys
@@ -210,13 +216,18 @@ class DeploymentRuntime:
     def outstanding(self) -> int:
         return sum(r.outstanding for r in self.replicas)
 
-    def pick_replica(self, batch: ExecuteBatch | None = None) -> ReplicaSlot | None:
+    def pick_replica(
+        self, batch: ExecuteBatch | None = None, *, avoid: int | None = None
+    ) -> ReplicaSlot | None:
         """The serving replica for ``batch``: with ``cache_aware`` routing the one that
         served its longest prompt prefix unless its load diverges, else the one with the
-        fewest outstanding requests (ties round-robin)."""
+        fewest outstanding requests (ties round-robin). Replica ``avoid`` is picked only
+        when no other serves."""
         serving = [
             (r.index, r.outstanding) for r in self.replicas if r.state is ReplicaState.SERVING
         ]
+        if avoid is not None and len(serving) > 1:
+            serving = [s for s in serving if s[0] != avoid]
         if not self._routing_decided and serving:
             self._routing_decided = True
             if getattr(self.replicas[serving[0][0]].runner, "prefix_cache", False):
@@ -232,6 +243,78 @@ class DeploymentRuntime:
             return None
         self._last_pick = idx
         return self.replicas[idx]
+
+    # -- the request path: what an Attempt asks of its deployment ------------------
+
+    def attempt(
+        self,
+        batch: ExecuteBatch,
+        *,
+        deadline: float,
+        trace: Any = None,
+        position: int = 0,
+        avoid: int | None = None,
+        arrival: float | None = None,
+        log: Any = None,
+        observer: Any = None,
+    ) -> Attempt:
+        """One try of ``batch`` here (``async with`` it; see :mod:`._attempt`)."""
+        return Attempt(
+            self,
+            batch,
+            deadline=deadline,
+            trace=trace,
+            position=position,
+            avoid=avoid,
+            arrival=arrival,
+            log=log,
+            observer=observer,
+        )
+
+    async def wait_serving(self) -> None:
+        """Return once the deployment serves; raise when it failed or drains."""
+        while self.state is DeploymentState.PENDING:
+            await self.wait_changed()
+        if self.state is DeploymentState.FAILED:
+            raise DeploymentFailedError(
+                f"deployment {self.name!r} has failed ({self.reason}); fix it and deploy it again"
+            )
+        if self.state is DeploymentState.DRAINING:
+            raise DrainingError(f"deployment {self.name!r} is being undeployed")
+
+    def check_breaker(self) -> None:
+        """An open breaker fails the attempt before it takes any permit (CircuitOpenError
+        with truthful timestamps); half-open probes are the engine's to take."""
+        breaker = self.breaker
+        if breaker is not None and breaker.state == "open":
+            breaker.check()
+
+    async def wait_replica(self, batch: ExecuteBatch, *, avoid: int | None = None) -> ReplicaSlot:
+        """The replica to run ``batch`` on, waiting while none serves."""
+        while True:
+            if self.state is not DeploymentState.SERVING:
+                await self.wait_serving()
+            replica = self.pick_replica(batch, avoid=avoid)
+            if replica is not None:
+                return replica
+            await self.wait_changed()
+
+    def attempt_started(self, attempt: Any) -> None:
+        self.attempts.add(attempt)
+
+    def attempt_done(self, attempt: Any) -> None:
+        self.attempts.discard(attempt)
+        if self.state is DeploymentState.DRAINING and not self.attempts:
+            self.notify()
+
+    def count_consumed(self, usage: Any, cost: float | None) -> None:
+        """An attempt's reported tokens and its charged cost, in the metrics."""
+        bound = self.metrics.of(self.name)
+        if usage is not None:
+            bound.tokens_in.inc(usage.input_tokens)
+            bound.tokens_out.inc(usage.output_tokens)
+        if cost:
+            bound.cost.inc(cost)
 
     def dispatched(self, replica: ReplicaSlot, attempt: Any) -> None:
         replica.outstanding += 1

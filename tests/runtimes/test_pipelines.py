@@ -21,7 +21,7 @@ from atomr_infer_core.errors import (
     ContextLengthExceededError,
     ServerError,
 )
-from atomr_infer_runtimes import _cluster
+from atomr_infer_runtimes import _execution
 from atomr_infer_runtimes._json_check import json_problem, schema_problem
 from atomr_infer_runtimes._pipelines import (
     DECAY_HALF_LIFE_S,
@@ -124,7 +124,7 @@ def test_step_errors_escalate_where_a_fallback_would() -> None:
 
 
 def test_request_errors_are_the_request_paths_no_fallback_list() -> None:
-    assert set(REQUEST_ERRORS) == set(_cluster._NO_FALLBACK)
+    assert set(REQUEST_ERRORS) == set(_execution._NO_FALLBACK)
 
 
 # -- the JSON check ----------------------------------------------------------------
