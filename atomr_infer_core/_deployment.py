@@ -7,6 +7,7 @@ Durations are float seconds (the config file also takes ``"250ms"``, ``"30s"``,
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NewType
 
@@ -29,6 +30,7 @@ __all__ = [
     "Deployment",
     "JitterKind",
     "LogFormat",
+    "Quantile",
     "RateLimits",
     "Replica",
     "RetryPolicy",
@@ -50,6 +52,32 @@ if TYPE_CHECKING:
     Seconds = float
 else:
     Seconds = NewType("Seconds", float)
+#: a quantile of an observed distribution: ``"p95"`` (1..99)
+Quantile = NewType("Quantile", str)
+
+_QUANTILE = re.compile(r"^p([1-9][0-9]?)$")
+
+
+def _hedge_after(value: Any) -> float | str | None:
+    """``hedge_after``: ``None``, a duration (seconds; config files also take "400ms" or
+    integer ms), or ``"pNN"``, a quantile of the deployment's own observed TTFT."""
+    if value is None:
+        return None
+    if isinstance(value, str) and _QUANTILE.match(value):
+        return Quantile(value)
+    if isinstance(value, float) and not isinstance(value, bool):
+        seconds = value
+    else:
+        from .config import parse_duration
+
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f'{exc}; or a quantile of the observed TTFT such as "p95"') from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"must be > 0 (got {value!r})")
+    return Seconds(seconds)
+
 
 _ge0 = at_least(0)
 _ge1 = at_least(1)
@@ -218,6 +246,13 @@ class Deployment:
     replicas: int = attrs.field(default=1, validator=_ge1)
     idempotent: bool = True
     fallbacks: tuple[str, ...] = attrs.field(default=(), converter=_fallbacks)
+    #: no first chunk by then: a second attempt starts on a sibling replica (replicas > 1)
+    #: or the first fallback; the first to answer wins, the other is cancelled. A duration,
+    #: or "p95" (the deployment's own observed time to first chunk); idempotent only
+    hedge_after: Seconds | Quantile | None = attrs.field(default=None, converter=_hedge_after)
+    #: a stream that fails after output began continues on the next fallback, which is
+    #: asked to continue the partial answer (one stream, no repeated text)
+    continue_on_failure: bool = False
     serving: Serving = attrs.Factory(Serving)
     rate_limits: RateLimits = attrs.Factory(RateLimits)
     retry: RetryPolicy = attrs.Factory(RetryPolicy)
@@ -234,6 +269,14 @@ class Deployment:
             out.append(("model", "must not be empty"))
         if self.name in self.fallbacks:
             out.append(("fallbacks", f"a deployment cannot fall back to itself ({self.name!r})"))
+        if self.hedge_after is not None and not self.idempotent:
+            out.append(
+                (
+                    "hedge_after",
+                    "needs idempotent = true (a hedge sends the request twice); "
+                    "remove hedge_after or set idempotent = true",
+                )
+            )
         if self.retry.max_backoff < self.retry.initial_backoff:
             out.append(("retry.max_backoff", "must be >= retry.initial_backoff"))
         if self.serving.on_capacity_exhausted is CapacityPolicy.FALLBACK and not self.fallbacks:

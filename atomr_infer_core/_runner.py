@@ -66,6 +66,12 @@ class ModelRunner(Protocol):
         transport_kind: where the work happens; remote runners are retried and limited
             by the remote engine, local ones are batched by the local engine.
         capabilities: the request kinds this runner serves.
+
+    Optional attributes (read with a default, so a runner may leave them out):
+        prefill: ``True`` when a trailing assistant message is continued rather than
+            answered (Anthropic's assistant prefill); stream continuation then sends the
+            partial answer as that prefix instead of a continuation instruction.
+        prefix_cache: the runner caches prompt prefixes (``cache_aware`` routing).
     """
 
     runtime_kind: RuntimeKind

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from . import _deployment
-from ._deployment import Config, Seconds
+from ._deployment import Config, Quantile, Seconds
 from ._kinds import RuntimeKind
 from ._secret import Secret
 
@@ -108,6 +108,12 @@ def _type_schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
         return _duration()
     if tp is RuntimeKind:
         return _runtime()
+    if tp is Quantile:
+        return {
+            "type": "string",
+            "pattern": "^p[1-9][0-9]?$",
+            "description": 'a quantile of an observed distribution: "p95"',
+        }
     if tp is Secret:
         return {"type": "string", "description": "a secret: never logged; use ${VAR}"}
     if tp is str:

@@ -35,7 +35,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, override
 
-from ._deployment import Config, Deployment, Seconds
+from ._deployment import Config, Deployment, Quantile, Seconds, _hedge_after
 from ._kinds import RuntimeKind
 from ._schema import config_schema
 from ._secret import Secret
@@ -224,6 +224,12 @@ def _make_converter() -> cattrs.Converter:
     conv.register_unstructure_hook(RuntimeKind, str)
     conv.register_structure_hook(Seconds, _structure_duration)
     conv.register_unstructure_hook(Seconds, _format_duration)
+    hedge_after = Seconds | Quantile | None
+    conv.register_structure_hook_func(lambda t: t == hedge_after, lambda v, _t: _hedge_after(v))
+    conv.register_unstructure_hook_func(
+        lambda t: t == hedge_after,
+        lambda v: v if v is None or isinstance(v, str) else _format_duration(v),
+    )
     conv.register_unstructure_hook_func(
         lambda t: isinstance(t, type) and issubclass(t, enum.Enum), lambda e: e.value
     )

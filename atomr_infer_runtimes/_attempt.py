@@ -204,6 +204,7 @@ class Attempt:
         self._iterator = iterator
         self._first = first
         self.first_at = trio.current_time()
+        runtime.observe_first_chunk(self.first_at - self.started_at)
         return self
 
     async def _admit(self) -> Ticket:

@@ -41,6 +41,7 @@ from atomr_infer_core.errors import (
 from ._admission import Admission
 from ._attempt import Attempt
 from ._budget import BudgetGuard
+from ._hedging import TtftWindow, hedge_delay
 from ._metrics import ClusterMetrics
 from ._routing import PrefixOwners, cache_aware, least_outstanding, prefix_keys
 from ._supervisor import ChildState, RestartPolicy, SupervisedChild, Supervisor, describe_crash
@@ -181,6 +182,8 @@ class DeploymentRuntime:
             self._routing_decided = True
             if deployment.serving.routing is ReplicaRouting.CACHE_AWARE:
                 self.prefix_owners = PrefixOwners()
+        #: times from an attempt's start to its first chunk (``hedge_after = "p95"``)
+        self.ttft = TtftWindow()
         price = plugin.prices.lookup(deployment.model)
         self.price = price
         self.budget = BudgetGuard(deployment, price, state_backend, metrics, clock)
@@ -306,6 +309,20 @@ class DeploymentRuntime:
         self.attempts.discard(attempt)
         if self.state is DeploymentState.DRAINING and not self.attempts:
             self.notify()
+
+    def observe_first_chunk(self, seconds: float) -> None:
+        """An attempt here got its first chunk ``seconds`` after it started."""
+        self.ttft.add(seconds)
+
+    def hedge_delay(self) -> float | None:
+        """How long a request waits for a first chunk here before it is hedged (``None``:
+        never; with ``hedge_after = "p95"`` also while too few first chunks were seen)."""
+        return hedge_delay(self.deployment.hedge_after, self.ttft)
+
+    @property
+    def supports_prefill(self) -> bool:
+        """The runner continues a trailing assistant message (``prefill`` capability)."""
+        return bool(self.replicas) and bool(getattr(self.replicas[0].runner, "prefill", False))
 
     def count_consumed(self, usage: Any, cost: float | None) -> None:
         """An attempt's reported tokens and its charged cost, in the metrics."""

@@ -138,6 +138,25 @@ class ClusterMetrics:
             ["pipeline", "member"],
             registry=r,
         )
+        self.hedges = Counter(
+            "atomr_hedges",
+            "Hedged attempts started (no first chunk by hedge_after), by the hedged deployment.",
+            ["deployment"],
+            registry=r,
+        )
+        self.hedges_won = Counter(
+            "atomr_hedges_won",
+            "Hedged attempts that answered first, by the hedged deployment.",
+            ["deployment"],
+            registry=r,
+        )
+        self.continuations = Counter(
+            "atomr_continuations",
+            "Streams that failed after output began and continued on a fallback, by the "
+            "deployment that failed.",
+            ["deployment"],
+            registry=r,
+        )
         self.budget_warnings = Counter(
             "atomr_budget_warnings",
             "Budget windows exceeded under on_exceeded = warn|throttle.",

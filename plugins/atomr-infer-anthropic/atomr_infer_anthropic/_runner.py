@@ -22,6 +22,8 @@ class AnthropicRunner(EngineRunner):
     runtime_kind = RuntimeKind(RuntimeKind.ANTHROPIC)
     capabilities = frozenset({RequestKind.CHAT, RequestKind.COMPLETION})
     model_prefixes = ("anthropic/",)
+    #: a trailing assistant message is continued (Messages API prefill)
+    prefill = True
 
     def make_provider(self, config: AnthropicConfig, model: str) -> AnthropicProvider:
         return AnthropicProvider(config, model)

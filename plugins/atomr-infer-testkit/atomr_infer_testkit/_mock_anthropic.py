@@ -18,6 +18,8 @@ Content is derived from the request so tests can assert exact text:
 - a prompt whose words plus ``max_tokens`` exceed ``context_window`` gets Anthropic's 400
   ``prompt is too long``; a last user message containing ``blocked_word`` is answered
   with ``stop_reason="refusal"`` and no text.
+- prefill: when the last message is the assistant's and the answer starts with its text,
+  only the rest of the answer is sent (as Anthropic continues a prefilled turn).
 
 Requests need ``anthropic-version`` (400 without it, as upstream); ``require_api_key``
 checks ``x-api-key``. Besides the base faults, :meth:`MockAnthropicServer.error_event_after`
@@ -249,7 +251,14 @@ class MockAnthropicServer(MockProviderServer):
         fmt = config.get("format") or body.get("output_format") or {}
         if fmt.get("type") == "json_schema":
             return schema_answer(fmt.get("schema"), last_user)
-        return f"Echo: {last_user}".rstrip()
+        answer = f"Echo: {last_user}".rstrip()
+        # prefill: a trailing assistant turn is the start of the answer; continue after it
+        messages = body.get("messages") or ()
+        if messages and messages[-1].get("role") == "assistant":
+            prefix, _images = _text_of(messages[-1].get("content"))
+            if prefix and answer.startswith(prefix):
+                return answer[len(prefix) :]
+        return answer
 
     def _tool_to_call(self, body: dict[str, Any]) -> str | None:
         tools = body.get("tools") or []

@@ -30,7 +30,9 @@ Faults are queued: each request to a provider route (``add_route(..., faulty=Tru
 default) takes the next fault off the queue, in order; a request with no queued fault is
 served normally. The server records every request (method, path, headers, JSON body) and
 counts streams the client aborted (closed before the stream ended), so tests can prove
-that cancellation reached the wire: ``await server.wait_for_aborted_streams(1)``.
+that cancellation reached the wire: ``await server.wait_for_aborted_streams(1)``;
+``aborted_requests`` / ``wait_for_aborted_requests`` also count a request abandoned while
+it still waited for its first byte (``slow_first_byte``).
 
 Control routes
 --------------
@@ -171,6 +173,9 @@ class MockProviderServer:
         self.streams_started = 0
         self.streams_completed = 0
         self.aborted_streams = 0
+        #: requests whose client disconnected before the reply was complete (a stream or
+        #: a reply still waiting for its first byte)
+        self.aborted_requests = 0
         #: requests being answered now, and the most there ever were at once
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -179,6 +184,7 @@ class MockProviderServer:
         self._routes: list[_Route] = []
         self._faults: collections.deque[Fault] = collections.deque()
         self._abort_waiters: list[tuple[int, trio.Event]] = []
+        self._request_abort_waiters: list[tuple[int, trio.Event]] = []
         self.add_route("POST", "/_mock/faults", self._control_faults, faulty=False)
         self.add_route("GET", "/_mock/requests", self._control_requests, faulty=False)
         self.add_route("POST", "/_mock/reset", self._control_reset, faulty=False)
@@ -347,6 +353,15 @@ class MockProviderServer:
         self._abort_waiters.append((count, event))
         await event.wait()
 
+    async def wait_for_aborted_requests(self, count: int = 1) -> None:
+        """Return once at least ``count`` requests were abandoned by their client before
+        the reply was complete (also while it waited for its first byte)."""
+        if self.aborted_requests >= count:
+            return
+        event = trio.Event()
+        self._request_abort_waiters.append((count, event))
+        await event.wait()
+
     async def wait_for_in_flight(self, count: int) -> None:
         """Return once at least ``count`` requests are being answered at the same time."""
         if self.in_flight >= count:
@@ -362,6 +377,13 @@ class MockProviderServer:
             if self.in_flight >= count:
                 event.set()
                 self._in_flight_waiters.remove((count, event))
+
+    def _note_request_aborted(self) -> None:
+        self.aborted_requests += 1
+        for count, event in list(self._request_abort_waiters):
+            if self.aborted_requests >= count:
+                event.set()
+                self._request_abort_waiters.remove((count, event))
 
     def _note_aborted(self) -> None:
         self.aborted_streams += 1
@@ -389,12 +411,15 @@ class MockProviderServer:
         self._enter_flight()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+                nursery.start_soon(
+                    _watch_disconnect, receive, nursery.cancel_scope, self._note_request_aborted
+                )
                 try:
                     await self._respond(request, send)
                 except _Drop:
                     pass
                 nursery.cancel_scope.cancel()
+
         finally:
             self.in_flight -= 1
 
@@ -495,12 +520,15 @@ async def _read_body(receive: Any) -> bytes:
     return b"".join(parts)
 
 
-async def _watch_disconnect(receive: Any, scope: trio.CancelScope) -> None:
+async def _watch_disconnect(
+    receive: Any, scope: trio.CancelScope, on_disconnect: Callable[[], None]
+) -> None:
     # hypercorn's trio worker only tells a handler about a disconnect through receive()
     # (pgjones/hypercorn#210), so a sibling task listens and cancels the response.
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
+            on_disconnect()
             scope.cancel()
             return
 
