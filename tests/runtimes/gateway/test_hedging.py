@@ -121,7 +121,7 @@ async def test_stalled_stream_is_hedged_on_a_sibling_replica_and_the_stall_close
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         elapsed = trio.current_time() - started
         assert text == f"Echo: {PROMPT}"
-        assert 0.2 <= elapsed < 1.5  # hedge_after + the hedge's own latency, not 3 s
+        assert 0.2 <= elapsed < 2.5  # hedge_after + the hedge's own latency, not the 3 s stall
         with trio.fail_after(5):
             await e.openai.wait_for_aborted_requests(1)  # the stalled upstream was closed
         assert len(e.openai.requests) == 2 and len(e.backup.requests) == 0
@@ -141,7 +141,7 @@ async def test_non_streaming_request_is_hedged_on_the_fallback() -> None:
         assert reply.status_code == 200
         assert reply.json()["choices"][0]["message"]["content"] == f"Echo: {PROMPT}"
         assert reply.headers["x-atomr-deployment"] == "backup"
-        assert 0.2 <= elapsed < 1.5
+        assert 0.2 <= elapsed < 2.5
         with trio.fail_after(5):
             await e.openai.wait_for_aborted_requests(1)
         assert _counter(e.cluster, "atomr_hedges_won") == 1
@@ -179,7 +179,7 @@ async def test_p95_hedges_only_once_enough_first_chunks_were_seen() -> None:
         e.openai.slow_first_byte(3.0)
         started = trio.current_time()
         await client.chat.completions.create(model="chat", messages=HI)
-        assert trio.current_time() - started < 1.5
+        assert trio.current_time() - started < 2.5
         assert _counter(e.cluster, "atomr_hedges_won") == 1
 
 
