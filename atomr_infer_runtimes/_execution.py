@@ -527,6 +527,8 @@ class Execution:
             before = self._usage_before
             self._usage_before = consumed if before is None else before + consumed
         partial = "".join(self._partial)
+        if self._remaining_tokens() == 0:
+            return False  # the cut stream had already used the whole max_tokens
         for position, runtime in later:
             if not runtime.deployment.idempotent:
                 break
@@ -558,10 +560,23 @@ class Execution:
             return True
         return False
 
+    def _remaining_tokens(self) -> int | None:
+        """What is left of the caller's ``max_tokens`` after the output of every cut
+        attempt of this stream, ``None`` when it set none."""
+        limit = self.batch.sampling.max_tokens
+        if limit is None:
+            return None
+        before = self._usage_before
+        return max(0, limit - (0 if before is None else before.output_tokens))
+
     def _continuation(self, partial: str, *, prefill: bool) -> ExecuteBatch:
-        """The request asking for the rest of ``partial``."""
+        """The request asking for the rest of ``partial``, within what is left of the
+        caller's ``max_tokens`` (the client sees one answer of at most that length)."""
         batch = self.batch
         changes: dict[str, Any] = {"passthrough": None, "deadline": None}
+        remaining = self._remaining_tokens()
+        if remaining is not None:
+            changes["sampling"] = attrs.evolve(batch.sampling, max_tokens=remaining)
         if batch.kind is RequestKind.COMPLETION:
             changes["prompt"] = (batch.prompt or "") + partial
         elif prefill:

@@ -232,6 +232,29 @@ async def test_dropped_stream_continues_on_a_prefill_fallback_without_repeating(
         assert _counter(e.cluster, "atomr_continuations") == 1
 
 
+async def test_a_continuation_asks_only_for_what_is_left_of_max_tokens() -> None:
+    async with env({"continue_on_failure": True}, backup_runtime="anthropic") as e:
+        e.openai.drop_after(3)  # "Echo: hello" cut: 3 output tokens estimated
+        stream = await _client(e.url).chat.completions.create(
+            model="chat", messages=HI, stream=True, max_tokens=10
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == f"Echo: {PROMPT}"
+        assert e.backup.requests[-1].json["max_tokens"] == 10 - 3
+
+
+async def test_a_cut_stream_that_used_all_of_max_tokens_is_not_continued() -> None:
+    async with env({"continue_on_failure": True}, backup_runtime="anthropic") as e:
+        e.openai.drop_after(3)
+        stream = await _client(e.url).chat.completions.create(
+            model="chat", messages=HI, stream=True, max_tokens=3
+        )
+        with pytest.raises(openai.APIError):
+            _ = [c async for c in stream]
+        assert e.backup.requests == []
+        assert _counter(e.cluster, "atomr_continuations") == 0
+
+
 async def test_dropped_stream_continues_with_an_instruction_where_no_prefill() -> None:
     async with env({"continue_on_failure": True}) as e:
         e.openai.drop_after(3)
