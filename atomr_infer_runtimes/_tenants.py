@@ -5,15 +5,16 @@ request's tenant (``batch.tenant``, set by the gateway from the key it sent):
 
 1. model: the tenant's ``models`` (empty: all) name the deployment or pipeline asked
    for, else ``ModelNotAllowedError`` (403);
-2. rate limits: one permit of the tenant's own limiter (RPM, TPM, concurrent requests)
-   from the cluster's state backend, so with ``backend = "redis"`` the limit holds for
-   the fleet; a tenant over its limit is refused at once (429 with ``Retry-After``), it
-   does not wait and hold a place in a deployment's queue;
-3. budget: the worst-case cost (estimated input + ``max_tokens`` output at the price of
+2. budget: the worst-case cost (estimated input + ``max_tokens`` output at the price of
    the deployment the model routes to) is reserved in the tenant's hour and day spend
    windows of the state backend; ``reject`` → ``BudgetExceededError`` (429),
    ``warn`` → admitted and logged once per window, ``throttle`` → admitted with the
-   tenant's queue weight halved while over.
+   tenant's queue weight halved while over;
+3. rate limits: one permit of the tenant's own limiter (RPM, TPM, concurrent requests)
+   from the cluster's state backend, so with ``backend = "redis"`` the limit holds for
+   the fleet; a tenant over its limit is refused at once (429 with ``Retry-After``), it
+   does not wait and hold a place in a deployment's queue. A refusal at either step
+   gives back what the other took: a budget refusal uses no RPM slot.
 
 :meth:`Tenants.release` gives the permit back with the real token count and settles the
 reservation to the request's real cost (whichever deployment answered). Requests without
@@ -214,11 +215,13 @@ class Tenants:
     # -- once per request -------------------------------------------------------------
 
     async def admit(self, batch: ExecuteBatch, *, deadline: float) -> TenantTicket | None:
-        """Model ▸ rate limit ▸ budget of ``batch.tenant``; ``None`` without a tenant.
+        """Model ▸ budget ▸ rate limit of ``batch.tenant`` (the deployment's order);
+        ``None`` without a tenant.
 
-        Raises ModelNotAllowedError, RateLimitedError, BudgetExceededError (and
+        Raises ModelNotAllowedError, BudgetExceededError, RateLimitedError (and
         BadRequestError when the request can never fit the tenant's TPM); what was taken
-        is given back first.
+        is given back first, so a request refused by its budget takes no RPM slot and one
+        refused by its rate limit holds no spend.
         """
         tenant = self._tenants.get(batch.tenant) if batch.tenant is not None else None
         if tenant is None:
@@ -226,6 +229,7 @@ class Tenants:
         self.check_model(tenant.name, batch.pipeline or batch.model)
         ticket = TenantTicket(tenant)
         try:
+            await self._reserve(ticket, batch)
             if tenant.limiter is not None:
                 ticket.permit = await tenant.limiter.acquire(
                     requests=1,
@@ -233,7 +237,6 @@ class Tenants:
                     deadline=deadline if math.isfinite(deadline) else None,
                     wait=False,
                 )
-            await self._reserve(ticket, batch)
         except BaseException:
             tenant.rejected += 1
             tenant.m_requests["rejected"].inc()

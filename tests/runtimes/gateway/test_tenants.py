@@ -217,6 +217,59 @@ async def test_a_tenant_over_its_budget_gets_429_insufficient_quota() -> None:
     assert status.rejected == 2
 
 
+def _with_key(**key: Any) -> dict[str, Any]:
+    config = _config()
+    config["key"].append({"name": "extra", "key": "sk-extra-6e5d4c3b2a", **key})
+    return config
+
+
+async def test_a_budget_refusal_takes_no_rpm_slot() -> None:
+    # RPM 2 and a budget a request without max_tokens cannot fit
+    config = _with_key(
+        rate_limits={"requests_per_minute": 2}, budget={"max_spend_per_hour_usd": 0.0001}
+    )
+    async with _gateway(config) as (url, _, _), _openai(url, "sk-extra-6e5d4c3b2a") as client:
+        for _ in range(3):
+            with pytest.raises(openai.RateLimitError) as refused:
+                await client.chat.completions.create(model="other", messages=HI)
+            assert refused.value.code == "insufficient_quota"
+        # the three refusals used none of the two requests a minute
+        for _ in range(2):
+            await client.chat.completions.create(model="other", messages=HI, max_tokens=4)
+        with pytest.raises(openai.RateLimitError) as limited:
+            await client.chat.completions.create(model="other", messages=HI, max_tokens=4)
+        assert limited.value.code != "insufficient_quota"
+
+
+async def test_warn_admits_over_budget_and_logs_once_without_the_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = _with_key(budget={"max_spend_per_hour_usd": 0.0001, "on_exceeded": "warn"})
+    caplog.set_level(logging.WARNING)
+    async with _gateway(config) as (url, cluster, _), _openai(url, "sk-extra-6e5d4c3b2a") as c:
+        for _ in range(3):  # each may cost $0.0082: over the hour's $0.0001, admitted
+            reply = await c.chat.completions.create(model="other", messages=HI)
+            assert reply.choices[0].message.content == "Hello"
+        [status] = [t for t in cluster.tenants.status() if t.name == "extra"]
+    warnings = [r.getMessage() for r in caplog.records if "over its $" in r.getMessage()]
+    assert warnings == ["key extra is over its $0.000100 budget per hour (on_exceeded = warn)"]
+    assert (status.requests, status.rejected, status.throttled) == (3, 0, False)
+    assert "sk-extra" not in caplog.text
+
+
+async def test_throttle_halves_the_weight_while_over_budget() -> None:
+    config = _with_key(
+        weight=4, budget={"max_spend_per_hour_usd": 0.0001, "on_exceeded": "throttle"}
+    )
+    async with _gateway(config) as (url, cluster, _), _openai(url, "sk-extra-6e5d4c3b2a") as c:
+        await c.chat.completions.create(model="other", messages=HI, max_tokens=4)
+        assert cluster.tenants.weight("extra") == 4  # $0.000009 fits
+        await c.chat.completions.create(model="other", messages=HI)  # worst case over
+        [status] = [t for t in cluster.tenants.status() if t.name == "extra"]
+        assert status.throttled and status.rejected == 0
+        assert cluster.tenants.weight("extra") == 2
+
+
 async def test_a_tenants_spend_shows_in_status_metrics_and_cost_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
