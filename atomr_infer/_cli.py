@@ -487,7 +487,48 @@ def _status(url: str, api_key: str | None) -> int:
     for dep in deployments:
         if dep.get("reason"):
             print(f"{dep.get('name', '?')}: {dep['reason']}")
+    pipelines = body.get("pipelines") or []
+    if pipelines:
+        rows = [(str(p.get("name", "?")), str(p.get("kind", "-")), _route(p)) for p in pipelines]
+        print()
+        print("\n".join(_table(("pipeline", "kind", "steps / members"), rows)))
+    tenants = body.get("tenants") or []
+    if tenants:
+        rows = [_tenant_row(t) for t in tenants]
+        header = (
+            "key",
+            "weight",
+            "requests",
+            "rejected",
+            "in flight",
+            "tokens in/out",
+            "spend (USD)",
+        )
+        print()
+        print("\n".join(_table(header, rows)))
+        print("(the figures of keys are this gateway process's; limits hold per state backend)")
     return 0
+
+
+def _route(pipeline: dict[str, Any]) -> str:
+    if pipeline.get("steps"):
+        return " > ".join(str(step) for step in pipeline["steps"])
+    members = [str(m.get("name", "?")) for m in pipeline.get("members") or []]
+    strategy = pipeline.get("strategy")
+    return f"{strategy}: {', '.join(members)}" if strategy else ", ".join(members)
+
+
+def _tenant_row(tenant: dict[str, Any]) -> tuple[str, ...]:
+    weight = f"{tenant.get('weight', 1):g}" + (" (throttled)" if tenant.get("throttled") else "")
+    return (
+        str(tenant.get("name", "?")),
+        weight,
+        str(tenant.get("requests", 0)),
+        str(tenant.get("rejected", 0)),
+        str(tenant.get("in_flight", 0)),
+        f"{tenant.get('tokens_in', 0)}/{tenant.get('tokens_out', 0)}",
+        _spend(tenant),
+    )
 
 
 def _replicas(dep: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ import openai
 import pytest
 import trio
 
+from atomr_infer._cli import main
 from atomr_infer._cost_report import cost_report
 from atomr_infer_core.config import load_config
 from atomr_infer_runtimes import open_cluster
@@ -384,3 +385,22 @@ def _toml(data: dict[str, Any]) -> str:
         else:
             table(name, value)
     return "\n".join(lines) + "\n"
+
+
+async def test_the_status_command_prints_keys_and_pipelines(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    config = _config()
+    config["pipeline"] = [{"name": "smart", "kind": "cascade", "steps": ["other", "chat"]}]
+    async with _gateway(config) as (url, _, _), _openai(url, KEYS["heavy"]) as client:
+        await client.chat.completions.create(model="chat", messages=HI)
+        code = await trio.to_thread.run_sync(
+            main, ["status", "--url", url, "--api-key", CLUSTER_KEY]
+        )
+    out = capfd.readouterr().out
+    assert code == 0
+    [smart] = [line for line in out.splitlines() if line.startswith("smart")]
+    assert smart.split() == ["smart", "cascade", "other", ">", "chat"]
+    [heavy] = [line for line in out.splitlines() if line.startswith("heavy")]
+    assert heavy.split()[:6] == ["heavy", "3", "1", "0", "0", "5/2"]
+    assert "light" in out and "sk-" not in out
