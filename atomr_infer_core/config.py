@@ -426,14 +426,7 @@ def _semantic_problems(config: Config) -> list[tuple[str, str]]:
     for i, dep in enumerate(config.deployments):
         base = f"deployment[{i}]"
         problems += [(f"{base}.{p}", m) for p, m in dep.problems()]
-        if dep.name in seen:
-            problems.append(
-                (
-                    f"{base}.name",
-                    f"duplicate deployment name {dep.name!r} (also deployment[{seen[dep.name]}])",
-                )
-            )
-        seen.setdefault(dep.name, i)
+        problems += _duplicate(seen, dep.name, i, "deployment")
         for j, fb in enumerate(dep.fallbacks):
             if fb not in names:
                 problems.append((f"{base}.fallbacks[{j}]", f"no deployment named {fb!r}"))
@@ -450,6 +443,14 @@ def _semantic_problems(config: Config) -> list[tuple[str, str]]:
             ("state.url", "required when backend = 'redis' (e.g. 'redis://127.0.0.1:6379/0')")
         )
     return problems
+
+
+def _duplicate(seen: dict[str, int], name: str, i: int, table: str) -> list[tuple[str, str]]:
+    """The problem of ``table[i]`` reusing ``name`` (recorded in ``seen``), if it does."""
+    first = seen.setdefault(name, i)
+    if first == i:
+        return []
+    return [(f"{table}[{i}].name", f"duplicate {table} name {name!r} (also {table}[{first}])")]
 
 
 def _routable_names(config: Config) -> set[str]:
@@ -473,14 +474,7 @@ def _key_problems(config: Config) -> list[tuple[str, str]]:
     for i, tenant in enumerate(config.keys):
         base = f"key[{i}]"
         problems += [(f"{base}.{p}", m) for p, m in tenant.problems()]
-        if tenant.name in seen_names:
-            problems.append(
-                (
-                    f"{base}.name",
-                    f"duplicate key name {tenant.name!r} (also key[{seen_names[tenant.name]}])",
-                )
-            )
-        seen_names.setdefault(tenant.name, i)
+        problems += _duplicate(seen_names, tenant.name, i, "key")
         if tenant.key:
             # Secret equality compares in constant time; the message names positions only
             other = next((where for k, where in seen_keys if k == tenant.key), None)
@@ -514,14 +508,7 @@ def _pipeline_problems(config: Config) -> list[tuple[str, str]]:
             problems.append(
                 (f"{base}.name", f"{pipe.name!r} is a deployment's name too; rename one of them")
             )
-        if pipe.name in seen:
-            problems.append(
-                (
-                    f"{base}.name",
-                    f"duplicate pipeline name {pipe.name!r} (also pipeline[{seen[pipe.name]}])",
-                )
-            )
-        seen.setdefault(pipe.name, i)
+        problems += _duplicate(seen, pipe.name, i, "pipeline")
         cascade = pipe.kind.value == "cascade"
         key = "steps" if cascade else "members"
         for j, name in enumerate(pipe.steps if cascade else pipe.members):
