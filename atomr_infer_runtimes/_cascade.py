@@ -8,22 +8,35 @@ Every step but the last runs to its end while the client waits, buffered: its an
 judged (:func:`._pipelines.escalation`) and either replayed to the client or dropped for
 the next step. The last step is streamed as it comes. Each step is a request of its own
 on the request path (admission, permits, breaker, budget, retries, the step's
-fallbacks), so an escalated step is charged like any other.
+fallbacks), so an escalated step is charged like any other, except the tenant's: a
+cascade is one request of its key (one RPM slot, a budget reservation of every step's
+worst case, settled to what all the steps cost), admitted before the first step.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 from types import TracebackType
 from typing import Any
 
 import attrs
 
-from atomr_infer_core import EscalateWhen, ExecuteBatch, Pipeline, TokenChunk, TokensBuilder
+from atomr_infer_core import (
+    EscalateWhen,
+    ExecuteBatch,
+    Pipeline,
+    TokenChunk,
+    TokensBuilder,
+    TokenUsage,
+)
 from atomr_infer_core.errors import InferenceError
 
+from ._attempt import only_cancelled
+from ._execution import Execution
 from ._pipelines import escalation, step_error_escalation
+from ._tenants import TenantTicket
 
 __all__ = ["Cascade"]
 
@@ -49,9 +62,12 @@ class Cascade:
         self.cost_usd: float | None = None
         self.escalations: list[tuple[str, str]] = []
         self._usage: Any = None
-        self._live: Any = None
+        self._live: Execution | None = None
         self._replay: collections.deque[TokenChunk] | None = None
         self._entered = False
+        #: the tenant's admission of the whole cascade, and what every step used
+        self._ticket: TenantTicket | None = None
+        self._used: TokenUsage | None = None
 
     @property
     def usage(self) -> Any:
@@ -66,19 +82,42 @@ class Cascade:
             raise RuntimeError("a Cascade can be entered once")
         self._entered = True
         steps = self.pipeline.steps
-        for position, step in enumerate(steps[:-1]):
-            if await self._buffered_step(position, step):
-                return self
-        handle = self._cluster.execute(self._step_batch(steps[-1], last=True))
-        await handle.__aenter__()
+        self._ticket = await self._cluster.tenants.admit(
+            self._step_batch(steps[0], last=False),
+            deadline=math.inf if self.batch.deadline is None else self.batch.deadline,
+            priced_as=steps,
+        )
+        try:
+            for position, step in enumerate(steps[:-1]):
+                if await self._buffered_step(position, step):
+                    await self._release_tenant(None)
+                    return self
+            handle = self._execution(self._step_batch(steps[-1], last=True))
+            await handle.__aenter__()
+        except BaseException as exc:
+            await self._release_tenant(exc)
+            raise
         self._live = handle
         self.deployment = handle.deployment
         return self
 
+    def _execution(self, batch: ExecuteBatch) -> Execution:
+        """A step: an ordinary request, but its tenant was admitted by the cascade."""
+        return Execution(self._cluster, batch, admit_tenant=False)
+
+    async def _release_tenant(self, error: BaseException | None) -> None:
+        ticket, self._ticket = self._ticket, None
+        if ticket is None:
+            return
+        outcome = "ok" if error is None else "cancelled" if only_cancelled(error) else "error"
+        await self._cluster.tenants.release(
+            ticket, usage=self._used, cost=self.cost_usd, outcome=outcome
+        )
+
     async def _buffered_step(self, position: int, step: str) -> bool:
         """Run step ``position`` to its end; True when its answer is the one returned."""
         batch = self._step_batch(step, last=False)
-        handle = self._cluster.execute(batch)
+        handle = self._execution(batch)
         chunks: list[TokenChunk] = []
         builder = TokensBuilder(request_id=batch.request_id)
         try:
@@ -121,10 +160,12 @@ class Cascade:
             return attrs.evolve(chunk, logprobs=None)
         return chunk
 
-    def _charge(self, handle: Any) -> None:
-        cost = getattr(handle, "cost_usd", None)
-        if cost is not None:
-            self.cost_usd = (self.cost_usd or 0.0) + cost
+    def _charge(self, handle: Execution) -> None:
+        if handle.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + handle.cost_usd
+        usage = handle.usage
+        if usage is not None:
+            self._used = usage if self._used is None else self._used + usage
 
     def _escalate(self, position: int, step: str, reason: str, detail: str) -> None:
         self.escalations.append((step, reason))
@@ -172,9 +213,14 @@ class Cascade:
         live, self._live = self._live, None
         if live is None:
             return None
+        error: BaseException | None = exc
         try:
-            return await live.__aexit__(exc_type, exc, tb)  # type: ignore[no-any-return]
+            return await live.__aexit__(exc_type, exc, tb)
+        except BaseException as new:
+            error = new
+            raise
         finally:
             self._usage = live.usage
             self._charge(live)
             self.deployment = live.deployment or self.deployment
+            await self._release_tenant(error)

@@ -206,8 +206,11 @@ class Execution:
     began. Leaving the block cancels the request's work.
     """
 
-    def __init__(self, cluster: Cluster, batch: ExecuteBatch) -> None:
+    def __init__(self, cluster: Cluster, batch: ExecuteBatch, *, admit_tenant: bool = True) -> None:
+        """``admit_tenant=False``: the caller admitted ``batch.tenant`` already (a cascade
+        admits its key once for all its steps)."""
         self._cluster = cluster
+        self._admit_tenant = admit_tenant
         self.batch = batch
         self.request_id = batch.request_id
         self.deployment: str | None = None
@@ -272,7 +275,8 @@ class Execution:
         if deadline is None:
             first = cluster.runtime(chain[0])
             deadline = self._arrival + first.deployment.timeouts.request_timeout
-        self._tenant_ticket = await cluster.tenants.admit(self.batch, deadline=deadline)
+        if self._admit_tenant:
+            self._tenant_ticket = await cluster.tenants.admit(self.batch, deadline=deadline)
         last: InferenceError | None = None
         for position, name in enumerate(chain):
             runtime = cluster.find_runtime(name)

@@ -214,14 +214,17 @@ class Tenants:
 
     # -- once per request -------------------------------------------------------------
 
-    async def admit(self, batch: ExecuteBatch, *, deadline: float) -> TenantTicket | None:
+    async def admit(
+        self, batch: ExecuteBatch, *, deadline: float, priced_as: Sequence[str] = ()
+    ) -> TenantTicket | None:
         """Model ▸ budget ▸ rate limit of ``batch.tenant`` (the deployment's order);
         ``None`` without a tenant.
 
         Raises ModelNotAllowedError, BudgetExceededError, RateLimitedError (and
         BadRequestError when the request can never fit the tenant's TPM); what was taken
         is given back first, so a request refused by its budget takes no RPM slot and one
-        refused by its rate limit holds no spend.
+        refused by its rate limit holds no spend. ``priced_as``: the deployments whose
+        worst cases together are reserved (a cascade's steps), else ``batch.model``'s.
         """
         tenant = self._tenants.get(batch.tenant) if batch.tenant is not None else None
         if tenant is None:
@@ -229,7 +232,7 @@ class Tenants:
         self.check_model(tenant.name, batch.pipeline or batch.model)
         ticket = TenantTicket(tenant)
         try:
-            await self._reserve(ticket, batch)
+            await self._reserve(ticket, batch, priced_as or (batch.model,))
             if tenant.limiter is not None:
                 ticket.permit = await tenant.limiter.acquire(
                     requests=1,
@@ -309,9 +312,9 @@ class Tenants:
 
     # -- budget ------------------------------------------------------------------------
 
-    def _worst_case(self, batch: ExecuteBatch) -> float:
+    def _worst_case(self, batch: ExecuteBatch, model: str) -> float:
         try:
-            price = self._price_of(batch.model)
+            price = self._price_of(model)
         except LookupError:
             price = None
         if price is None:
@@ -319,11 +322,13 @@ class Tenants:
         out = batch.sampling.max_tokens or WORST_CASE_OUTPUT_TOKENS
         return price.worst_case(batch.input_token_estimate(), out * batch.sampling.n)
 
-    async def _reserve(self, ticket: TenantTicket, batch: ExecuteBatch) -> None:
+    async def _reserve(
+        self, ticket: TenantTicket, batch: ExecuteBatch, models: Sequence[str]
+    ) -> None:
         tenant = ticket.tenant
         if not tenant.windows:
             return
-        amount = self._worst_case(batch)
+        amount = sum(self._worst_case(batch, model) for model in models)
         now = self._clock()
         budget = tenant.config.budget
         assert budget is not None

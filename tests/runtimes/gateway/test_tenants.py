@@ -404,3 +404,25 @@ async def test_the_status_command_prints_keys_and_pipelines(
     [heavy] = [line for line in out.splitlines() if line.startswith("heavy")]
     assert heavy.split()[:6] == ["heavy", "3", "1", "0", "0", "5/2"]
     assert "light" in out and "sk-" not in out
+
+
+async def test_a_cascade_is_one_request_of_its_key_whatever_its_steps() -> None:
+    config = _with_key(models=["smart"], rate_limits={"requests_per_minute": 2})
+    config["pipeline"] = [
+        {
+            "name": "smart",
+            "kind": "cascade",
+            "steps": ["other", "chat"],
+            "escalate_when": ["length"],
+        }
+    ]
+    async with _gateway(config) as (url, cluster, _), _openai(url, "sk-extra-6e5d4c3b2a") as c:
+        for _ in range(2):  # "Hel" cut at max_tokens: the first step escalates every time
+            reply = await c.chat.completions.create(model="smart", messages=HI, max_tokens=1)
+            assert reply.choices[0].message.content == "Hel"
+        with pytest.raises(openai.RateLimitError):
+            await c.chat.completions.create(model="smart", messages=HI, max_tokens=1)
+        [status] = [t for t in cluster.tenants.status() if t.name == "extra"]
+    assert (status.requests, status.rejected, status.in_flight) == (2, 1, 0)
+    # what both steps of both requests used: 5 in + 1 out each
+    assert (status.tokens_in, status.tokens_out) == (4 * 5, 4 * 1)
