@@ -214,34 +214,36 @@ async def test_a_tenants_rpm_and_budget_hold_across_processes(
     redis_server, mock_plugin, mock_deployment
 ) -> None:
     dep = mock_deployment("chat")
-    tenant = TenantKey(
-        name="team-a",
-        key=Secret("sk-team-a"),
-        rate_limits=RateLimits(requests_per_minute=4),
-        budget=Budget(max_spend_per_hour_usd=2.5 * WORST),
+    by_rate = TenantKey(
+        name="team-a", key=Secret("sk-team-a"), rate_limits=RateLimits(requests_per_minute=4)
     )
-    config = attrs.evolve(fleet_config(redis_server.url, dep), keys=(tenant,))
+    by_budget = TenantKey(
+        name="team-b", key=Secret("sk-team-b"), budget=Budget(max_spend_per_hour_usd=2.5 * WORST)
+    )
+    config = attrs.evolve(fleet_config(redis_server.url, dep), keys=(by_rate, by_budget))
     async with clusters(config, mock_plugin, 2) as fleet:
-        outcomes: list[str] = []
 
-        async def ask(cluster: Any) -> None:
+        async def ask(cluster: Any, tenant: str) -> str:
             batch = cluster._batch(
                 "chat", RequestKind.COMPLETION, prompt=PROMPT, sampling={"max_tokens": 8}
             )
             try:
-                await cluster._collect(attrs.evolve(batch, tenant="team-a"))
-                outcomes.append("ok")
+                await cluster._collect(attrs.evolve(batch, tenant=tenant))
             except RateLimitedError:
-                outcomes.append("rpm")
+                return "rpm"
             except BudgetExceededError:
-                outcomes.append("budget")
+                return "budget"
+            return "ok"
 
-        for i in range(6):  # in turn, each settled (refunds are queued) before the next
-            await ask(fleet[i % 2])
-            await fleet[i % 2].state.settled()
-        # the budget fits 2.5 worst cases; each settles to its real cost, so 3 pass and
-        # the 4th is refused; the tenant's 4 requests a minute (the refused one counted)
-        # hold over both processes
-        assert outcomes == ["ok", "ok", "ok", "budget", "rpm", "rpm"]
+        outcomes: dict[str, list[str]] = {"team-a": [], "team-b": []}
+        for tenant in outcomes:
+            for i in range(6):  # in turn, each settled (refunds are queued) before the next
+                outcomes[tenant].append(await ask(fleet[i % 2], tenant))
+                await fleet[i % 2].state.settled()
+        # 4 requests a minute hold over both processes
+        assert outcomes["team-a"] == ["ok"] * 4 + ["rpm"] * 2
+        # the budget fits 2.5 worst cases; each settles to its real cost, so 3 pass and the
+        # rest are refused in both processes
+        assert outcomes["team-b"] == ["ok"] * 3 + ["budget"] * 3
         untenanted = await fleet[1].complete("chat", prompt=PROMPT, max_tokens=8)
         assert untenanted.cost_usd == pytest.approx(REAL)
