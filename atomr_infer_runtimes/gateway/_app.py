@@ -39,7 +39,7 @@ from atomr_infer_core.errors import (
 from ._auth import KeyChecker
 from ._cors import CORSMiddleware
 from ._disconnect import ClientDisconnected, ResponseState, cancel_on_disconnect, read_body
-from ._doors import Door, target_runtime
+from ._doors import Door, pipeline_targets, target_runtime
 from ._errors import error_body, error_headers, error_response, error_sse_event
 from ._features import check_features
 from ._headers import deployment_headers, processing_ms_header
@@ -224,6 +224,11 @@ class _Gateway:
                 _assign_tenant(self.cluster, parsed, tenant)
             if door is None:
                 check_features(parsed.batch, target_runtime(self.cluster, parsed.model))
+            fields = {} if door is None else door.feature_fields
+            if fields is not None:
+                # a pipeline: every deployment that may answer must honour the request
+                for runtime, exempt in pipeline_targets(self.cluster, parsed.model):
+                    check_features(parsed.batch, runtime, names=fields, exempt=exempt)
             reached_cluster = True  # from here on the cluster counts the request
             served.tenant = parsed.batch.tenant
             traceparent = headers.get(b"traceparent")

@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from atomr_infer_core import FinishReason, TokenChunk, Tokens, TokenUsage, infer_runtime
+from atomr_infer_core import (
+    EscalateWhen,
+    FinishReason,
+    TokenChunk,
+    Tokens,
+    TokenUsage,
+    infer_runtime,
+)
 from atomr_infer_core.errors import InferenceError, UnsupportedParameterError
 
 from ._openai import ParsedRequest
@@ -29,6 +36,10 @@ class StreamEncoder(Protocol):
 
 class Door(Protocol):
     """One dialect's request parsing, answer rendering and error shapes."""
+
+    #: the door's own field name per feature (``json_schema`` → ``text.format``) for the
+    #: 400 when a deployment cannot honour it; ``None``: the door runs no model
+    feature_fields: Mapping[str, str] | None
 
     def authorization(self, headers: Mapping[bytes, bytes]) -> bytes | None:
         """The ``Authorization`` value to check against the gateway's keys."""
@@ -70,6 +81,34 @@ def target_runtime(cluster: Any, model: str) -> str | None:
         return None
     kind = deployment.runtime or infer_runtime(deployment.model)
     return str(kind) if kind is not None else None
+
+
+#: what a cascade checks itself before it returns a step's answer (``invalid_json``)
+_JUDGED = frozenset({"json_schema", "json_object"})
+
+
+def pipeline_targets(cluster: Any, model: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """``(runtime, exempt features)`` of every deployment a pipeline named ``model`` may
+    answer with: a cascade's steps, a balance's members, the members of a balance step.
+    A cascade step before the last is exempt from honouring JSON output when the cascade
+    escalates on ``invalid_json``: its answer is validated before it is returned.
+    ``()`` when ``model`` names no pipeline."""
+    pipelines = {p.name: p for p in getattr(getattr(cluster, "config", None), "pipelines", ())}
+    pipeline = pipelines.get(model)
+    if pipeline is None:
+        return ()
+    judged = pipeline.kind.value == "cascade" and EscalateWhen.INVALID_JSON in pipeline.escalations
+    targets: dict[str, frozenset[str]] = {}
+    names = pipeline.steps or pipeline.members
+    for position, name in enumerate(names):
+        exempt = _JUDGED if judged and position < len(names) - 1 else frozenset()
+        inner = pipelines.get(name)
+        for member in inner.members if inner is not None else (name,):
+            runtime = target_runtime(cluster, member)
+            if runtime is not None:
+                # a runtime in several places must honour what any of them needs
+                targets[runtime] = targets.get(runtime, exempt) & exempt
+    return tuple(targets.items())
 
 
 def unsupported(param: str, what: str, target: str | None) -> UnsupportedParameterError:

@@ -9,6 +9,8 @@ never answered with a 200 that silently ignores it (the peers' most common bug: 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from atomr_infer_core import LOCAL_DECODER_FEATURES, ExecuteBatch, ImageBase64Part, ImageUrlPart
 
 from ._doors import unsupported
@@ -65,18 +67,24 @@ def requested_features(batch: ExecuteBatch) -> list[str]:
 
 
 def check_features(
-    batch: ExecuteBatch, target: str | None, *, names: dict[str, str] | None = None
+    batch: ExecuteBatch,
+    target: str | None,
+    *,
+    names: Mapping[str, str] | None = None,
+    exempt: frozenset[str] = frozenset(),
 ) -> None:
     """Raise UnsupportedParameterError for the first feature ``target`` cannot honour.
 
     ``target`` ``None`` (a pipeline, or a name no deployment has) is not checked here: the
-    router answers an unknown name with 404, and a pipeline's steps are checked by their
-    runtimes. ``names`` overrides the field named per feature (a door's own spelling).
+    router answers an unknown name with 404, and the gateway checks a pipeline against
+    the runtime of every deployment that may answer it (``exempt``: features a pipeline
+    checks itself for that deployment). ``names`` overrides the field named per feature
+    (a door's own spelling).
     """
     if target is None:
         return
     honoured = HONOURED.get(target, _TEXT_ONLY)
     for feature in requested_features(batch):
-        if feature not in honoured:
+        if feature not in honoured and feature not in exempt:
             param, what = _WHAT[feature]
             raise unsupported((names or {}).get(feature, param), what, target)

@@ -621,6 +621,8 @@ def error_json(exc: InferenceError) -> dict[str, Any]:
 class MessagesDoor:
     """``POST /v1/messages`` for the deployments of ``cluster``."""
 
+    feature_fields: Mapping[str, str] | None = _FEATURE_FIELDS
+
     def __init__(self, cluster: Any) -> None:
         self.cluster = cluster
 
@@ -677,6 +679,8 @@ class CountTokensDoor(MessagesDoor):
     The estimate is the one admission reserves with (about four characters a token over
     the system prompt, the messages and the tool definitions).
     """
+
+    feature_fields = None
 
     def parse(
         self, body: Mapping[str, Any], request_id: str, headers: Mapping[bytes, bytes]

@@ -751,6 +751,8 @@ class ResponsesStreamEncoder(DialectStreamEncoder):
 class ResponsesDoor:
     """``POST /v1/responses`` for the deployments of ``cluster``, with its response store."""
 
+    feature_fields: Mapping[str, str] | None = _FEATURE_FIELDS
+
     def __init__(self, cluster: Any, store: ResponseStore | None = None) -> None:
         self.cluster = cluster
         self.store = store if store is not None else ResponseStore()

@@ -306,3 +306,63 @@ async def test_a_member_failing_before_output_falls_to_the_next() -> None:
         assert r.status_code == 200
         assert r.headers["x-atomr-deployment"] == "slow"
         assert (len(_chat_calls(fast)), len(_chat_calls(slow))) == (1, 1)
+
+
+async def test_a_pipeline_refuses_what_a_deployment_that_may_answer_cannot_honour() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    async with mock_openai() as big:
+        text_only = {"name": "local", "model": "mock", "runtime": "mock"}
+        deployments = [text_only, _openai("big", big, "gpt-4o")]
+        pipelines = [
+            {"name": "smart", "kind": "cascade", "steps": ["local", "big"]},
+            {
+                "name": "lax",
+                "kind": "cascade",
+                "steps": ["local", "big"],
+                "escalate_when": ["length"],
+            },
+            {"name": "pool", "kind": "balance", "members": ["big", "local"]},
+        ]
+        async with _gateway(deployments, pipelines) as (http, _cluster):
+            for door, body in [
+                ("/v1/chat/completions", {"model": "smart", "messages": HI, "tools": tools}),
+                (
+                    "/v1/chat/completions",
+                    {"model": "pool", "messages": HI, "response_format": SCHEMA},
+                ),
+                (
+                    "/v1/chat/completions",
+                    {"model": "lax", "messages": HI, "response_format": SCHEMA},
+                ),
+                ("/v1/responses", {"model": "pool", "input": "hi", "top_logprobs": 2}),
+            ]:
+                refused = await http.post(door, json=body)
+                assert refused.status_code == 400, (door, body["model"], refused.text)
+                assert "the mock runtime" in refused.text
+            messages = await http.post(
+                "/v1/messages",
+                json={
+                    "model": "pool",
+                    "messages": HI,
+                    "max_tokens": 5,
+                    "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+                },
+            )
+            assert messages.status_code == 400
+            assert messages.json()["error"]["type"] == "invalid_request_error"
+            # a cascade that validates JSON before returning a step's answer takes it
+            ok = await http.post(
+                "/v1/chat/completions",
+                json={"model": "smart", "messages": HI, "response_format": SCHEMA},
+            )
+            assert ok.status_code == 200
+            assert big.requests == [] or ok.headers["x-atomr-deployment"] == "big"
+            counted = await http.post(
+                "/v1/messages/count_tokens",
+                json={
+                    "model": "pool",
+                    "messages": HI,
+                    "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+                },
+            )
+            assert counted.status_code == 200
