@@ -12,6 +12,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 __all__ = ["cost_report", "format_report"]
@@ -102,12 +103,19 @@ def cost_report(path: str, by: str) -> int:
             print(f"cannot read spend from redis: {exc}", file=sys.stderr)
             return 1
     elif config.state.spend_ledger:
+        if not Path(config.state.spend_ledger).exists():
+            print(
+                f"{path}: no spend recorded yet: the ledger {config.state.spend_ledger} "
+                "does not exist (the gateway writes it while it serves)",
+                file=sys.stderr,
+            )
+            return 1
         costs = _ledger_costs(config.state.spend_ledger)
         tenants = _ledger_costs(config.state.spend_ledger, "tenant-cost:")
     else:
         print(
-            f"{path}: spend is not recorded: the memory backend keeps it only with a ledger; "
-            'add to [state]:\n  spend_ledger = "spend.sqlite"',
+            f'{path}: spend is not recorded: [state] spend_ledger = "" keeps it in memory '
+            'only; remove that line (default ledger) or set:\n  spend_ledger = "spend.sqlite"',
             file=sys.stderr,
         )
         return 1

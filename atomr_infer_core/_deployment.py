@@ -366,7 +366,9 @@ class StateConfig:
     #: the backend is unreachable: 503 state_unavailable (closed) or local limits (open)
     on_unavailable: UnavailablePolicy = UnavailablePolicy.FAIL_CLOSED
     #: memory backend: a SQLite file that keeps spend across restarts (relative to the
-    #: config file); none: spend lives in memory only
+    #: config file). Unset in a project file:
+    #: ``$XDG_STATE_HOME/atomr-infer/<cluster>/spend.sqlite``; ``""`` (and a Config built
+    #: in code): spend lives in memory only
     spend_ledger: str | None = None
 
 

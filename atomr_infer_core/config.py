@@ -35,7 +35,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, override
 
-from ._deployment import Config, Deployment, Quantile, Seconds, _hedge_after
+from ._deployment import Config, Deployment, Quantile, Seconds, StateBackendKind, _hedge_after
 from ._kinds import RuntimeKind
 from ._schema import config_schema
 from ._secret import Secret
@@ -580,11 +580,26 @@ def check_config(
         return None, [*problems, *exc.problems]
     problems += _semantic_problems(config)
     ledger = config.state.spend_ledger
-    if ledger and not isinstance(source, Mapping) and not Path(ledger).is_absolute():
+    if isinstance(source, Mapping):
+        pass
+    elif ledger is None and config.state.backend is StateBackendKind.MEMORY:
+        ledger = str(default_spend_ledger(config.cluster.name, env))
+    elif ledger and not Path(ledger).is_absolute():
         # relative to the project file, not to wherever the gateway was started
-        resolved = str(Path(source).resolve().parent / ledger)
-        config = attrs.evolve(config, state=attrs.evolve(config.state, spend_ledger=resolved))
+        ledger = str(Path(source).resolve().parent / ledger)
+    if ledger != config.state.spend_ledger:
+        config = attrs.evolve(config, state=attrs.evolve(config.state, spend_ledger=ledger))
     return config, problems
+
+
+def default_spend_ledger(cluster: str, env: Mapping[str, str] | None = None) -> Path:
+    """Where a project file's spend is kept when ``state.spend_ledger`` is not set:
+    ``$XDG_STATE_HOME/atomr-infer/<cluster>/spend.sqlite`` (``~/.local/state`` when the
+    variable is unset or empty), the cluster name made safe for a file name."""
+    env = os.environ if env is None else env
+    home = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", cluster).strip(".") or "atomr"
+    return Path(home) / "atomr-infer" / safe / "spend.sqlite"
 
 
 def structure_deployment(

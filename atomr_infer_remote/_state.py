@@ -8,6 +8,7 @@ can implement the same protocol later.
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -290,7 +291,19 @@ async def open_state_backend(config: StateConfig) -> AsyncIterator[StateBackend]
         await trio.lowlevel.checkpoint()
         yield MemoryStateBackend()
         return
-    ledger = SpendLedger(config.spend_ledger)
+    try:
+        ledger = SpendLedger(config.spend_ledger)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            [
+                (
+                    "state.spend_ledger",
+                    f"cannot open the spend ledger {config.spend_ledger}: {exc}; point "
+                    'spend_ledger at a writable file, or set spend_ledger = "" to keep '
+                    "spend in memory only (a restart then resets every budget)",
+                )
+            ]
+        ) from None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_flush_every_second, ledger)

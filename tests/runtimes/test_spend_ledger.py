@@ -12,7 +12,7 @@ import trio
 
 from atomr_infer._cli import main
 from atomr_infer_core.config import load_config
-from atomr_infer_core.errors import BudgetExceededError
+from atomr_infer_core.errors import BudgetExceededError, ConfigError
 from atomr_infer_remote import SpendLog
 from atomr_infer_remote._ledger import SpendLedger, bucket_end
 from atomr_infer_runtimes import open_cluster
@@ -89,9 +89,38 @@ async def test_memory_spend_survives_a_restart_with_a_ledger(tmp_path: Path, moc
 
 
 async def test_without_a_ledger_a_restart_forgets_spend(tmp_path: Path, mock_plugin) -> None:
+    path = write_config(tmp_path, 'spend_ledger = ""')
+    assert load_config(path).state.spend_ledger == ""
+    assert await spend(path, mock_plugin, 1) == ["ok"]
+    assert await spend(path, mock_plugin, 1) == ["ok"]
+
+
+async def test_a_project_file_keeps_spend_in_the_state_home_by_default(
+    tmp_path: Path, mock_plugin, monkeypatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     path = write_config(tmp_path, 'backend = "memory"')
+    ledger = tmp_path / "state" / "atomr-infer" / "ledger" / "spend.sqlite"
+    assert load_config(path).state.spend_ledger == str(ledger)
     assert await spend(path, mock_plugin, 1) == ["ok"]
-    assert await spend(path, mock_plugin, 1) == ["ok"]
+    assert ledger.exists()
+    assert await spend(path, mock_plugin, 1) == ["budget"]  # the restart remembers
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = tmp_path / "home" / ".local" / "state" / "atomr-infer" / "ledger" / "spend.sqlite"
+    assert load_config(path).state.spend_ledger == str(home)
+
+
+async def test_an_unwritable_ledger_is_a_config_error_with_the_fix(
+    tmp_path: Path, mock_plugin
+) -> None:
+    (tmp_path / "file").write_text("")
+    path = write_config(tmp_path, 'spend_ledger = "file/spend.sqlite"')
+    with pytest.raises(ConfigError) as caught:
+        await spend(path, mock_plugin, 1)
+    [(where, message)] = caught.value.problems
+    assert where == "state.spend_ledger"
+    assert 'spend_ledger = ""' in message
 
 
 def test_cost_report_reads_the_ledger(tmp_path: Path, mock_plugin, capsys) -> None:
@@ -114,6 +143,10 @@ def test_cost_report_reads_redis(tmp_path: Path, mock_plugin, redis_server, caps
 
 
 def test_cost_report_without_a_record_says_how_to_keep_one(tmp_path: Path, capsys) -> None:
-    path = write_config(tmp_path, 'backend = "memory"')
+    path = write_config(tmp_path, 'spend_ledger = ""')
     assert main(["cost-report", "--config", str(path)]) == 1
     assert 'spend_ledger = "spend.sqlite"' in capsys.readouterr().err
+    path = write_config(tmp_path, 'backend = "memory"')
+    assert main(["cost-report", "--config", str(path)]) == 1
+    assert "no spend recorded yet" in capsys.readouterr().err
+    assert not Path(load_config(path).state.spend_ledger or "").exists()
