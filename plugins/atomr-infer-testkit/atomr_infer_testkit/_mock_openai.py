@@ -8,7 +8,8 @@ Content is derived from the request so tests can assert exact text:
   ``response_format`` json_schema is honoured: the answer is JSON built from the schema
   (``schema_answer``; ``json_object`` gives ``{"echo": <text>}``). With tools
   (and ``tool_choice`` not ``"none"``) the model calls the first (or the named) tool with
-  arguments ``{"input": <last user text>}``.
+  arguments ``{"input": <last user text>}``. ``logprobs: true`` adds ``logprobs.content``:
+  one entry per word, each ``token_logprob`` (settable, -0.05 by default).
 - completions: ``"Echo: <prompt>"``, the same way.
 - responses (``POST /v1/responses``): the same answers in the Responses API's shapes and
   events (see :mod:`._mock_responses`).
@@ -89,6 +90,9 @@ class MockOpenAIServer(MockProviderServer):
         self.blocked_word = blocked_word
         self.cached_tokens = 0
         self.reasoning_tokens = 0
+        #: the logprob of every token of a chat answer, reported when the request sends
+        #: ``logprobs: true`` (``top_logprobs`` alternatives get this minus one each)
+        self.token_logprob = -0.05
         self.add_route("POST", "/v1/chat/completions", self.chat_completions)
         self.add_route("POST", "/v1/completions", self.completions)
         self.add_route("POST", "/v1/embeddings", self.embeddings)
@@ -157,7 +161,9 @@ class MockOpenAIServer(MockProviderServer):
         thought = f"Thinking: {last_user}" if body.get("reasoning_effort") else None
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return self._chat_stream(model, choices, tool, last_user, usage, include_usage, thought)
+            return self._chat_stream(
+                model, choices, tool, last_user, usage, include_usage, thought, body
+            )
         out = []
         for i, (words, finish) in enumerate(choices):
             message: dict[str, Any] = {"role": "assistant", "content": "".join(words) or None}
@@ -166,7 +172,10 @@ class MockOpenAIServer(MockProviderServer):
             if tool is not None:
                 message["content"] = None
                 message["tool_calls"] = [_tool_call(i, tool, last_user)]
-            out.append({"index": i, "message": message, "finish_reason": finish, "logprobs": None})
+            logprobs = self._logprobs(words, body) if tool is None else None
+            out.append(
+                {"index": i, "message": message, "finish_reason": finish, "logprobs": logprobs}
+            )
         return JSONReply(
             body={
                 "id": "chatcmpl-mock",
@@ -188,6 +197,7 @@ class MockOpenAIServer(MockProviderServer):
         usage: dict[str, Any],
         include_usage: bool,
         thought: str | None = None,
+        request: dict[str, Any] | None = None,
     ) -> Reply:
         def chunk(choice_list: list[dict[str, Any]], **extra: Any) -> bytes:
             body: dict[str, Any] = {
@@ -202,8 +212,10 @@ class MockOpenAIServer(MockProviderServer):
             body.update(extra)
             return sse_frame(body)
 
-        def delta(i: int, d: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {"index": i, "delta": d, "finish_reason": finish, "logprobs": None}
+        def delta(
+            i: int, d: dict[str, Any], finish: str | None = None, logprobs: Any = None
+        ) -> dict[str, Any]:
+            return {"index": i, "delta": d, "finish_reason": finish, "logprobs": logprobs}
 
         frames = [
             chunk([delta(i, {"role": "assistant", "content": ""})]) for i in range(len(choices))
@@ -221,12 +233,34 @@ class MockOpenAIServer(MockProviderServer):
                     piece_delta = {"index": 0, "function": {"arguments": piece}}
                     frames.append(chunk([delta(i, {"tool_calls": [piece_delta]})]))
             for word in words:
-                frames.append(chunk([delta(i, {"content": word})]))
+                logprobs = self._logprobs([word], request or {})
+                frames.append(chunk([delta(i, {"content": word}, logprobs=logprobs)]))
             frames.append(chunk([delta(i, {}, finish)]))
         if include_usage:
             frames.append(chunk([], usage=usage))
         frames.append(b"data: [DONE]\n\n")
         return StreamReply(frames=frames)
+
+    def _logprobs(self, words: list[str], body: dict[str, Any]) -> dict[str, Any] | None:
+        """OpenAI's ``choices[].logprobs`` for ``words`` (one token each), when asked."""
+        if not body.get("logprobs"):
+            return None
+        top = int(body.get("top_logprobs") or 0)
+
+        def entry(token: str, logprob: float) -> dict[str, Any]:
+            return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+        return {
+            "content": [
+                {
+                    **entry(word, self.token_logprob),
+                    "top_logprobs": [entry(word, self.token_logprob)]
+                    + [entry(f"alt{k}", self.token_logprob - k) for k in range(1, top)],
+                }
+                for word in words
+            ],
+            "refusal": None,
+        }
 
     def _choice_words(
         self, index: int, last_user: str, body: dict[str, Any], tool: str | None

@@ -176,16 +176,28 @@ async def test_a_stream_streams_the_final_step_and_replays_an_answering_one() ->
 async def test_low_confidence_asks_the_step_for_logprobs_and_keeps_them_from_the_client() -> None:
     async with _cascade(escalate_when=["low_confidence"], min_mean_logprob=-0.5) as (
         http,
-        _cluster,
+        cluster,
         small,
         big,
     ):
+        small.token_logprob = -0.1  # confident: the small step answers
         answer = await http.post("/v1/chat/completions", json={"model": "smart", "messages": HI})
-        # the mock reports no logprobs: the answer is not judged, and is returned
         assert answer.headers["x-atomr-deployment"] == "small"
         assert _chat_calls(small)[0]["logprobs"] is True
         assert answer.json()["choices"][0].get("logprobs") is None
         assert _chat_calls(big) == []
+        small.token_logprob = -2.0  # unsure: the answer escalates to the big step
+        for stream in (False, True):
+            body = {"model": "smart", "messages": HI, "stream": stream}
+            answer = await http.post("/v1/chat/completions", json=body)
+            assert answer.headers["x-atomr-deployment"] == "big"
+            assert "logprobs" not in _chat_calls(big)[-1]  # the last step is not judged
+        assert _escalations(cluster, "small", "low_confidence") == 2
+        # a client that asks for logprobs gets the answering step's own
+        body = {"model": "smart", "messages": HI, "logprobs": True}
+        answer = await http.post("/v1/chat/completions", json=body)
+        content = answer.json()["choices"][0]["logprobs"]["content"]
+        assert [t["logprob"] for t in content] == [-0.05] * len(content) and content
 
 
 async def test_a_step_failing_before_output_escalates_and_a_bad_request_does_not() -> None:
