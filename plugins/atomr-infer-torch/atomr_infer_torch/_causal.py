@@ -31,6 +31,7 @@ from atomr_infer_core import (
     TransportKind,
     advance_sequence,
     hold_tool_call,
+    out_of_memory,
     output_constraint,
     render_prompt,
     resolve_sampling,
@@ -244,17 +245,59 @@ class TorchCausalLM:
     ) -> list[SequenceOutput]:
         torch = self._torch
         outputs: list[SequenceOutput] = []
-        with torch.inference_mode():
-            if leaving:
-                self._drop(set(leaving))
-            if self._rows:
-                outputs += self._decode()
-            if joining:
-                outputs += self._prefill(joining)
-            done = {o.seq_id for o in outputs if o.finish_reason is not None or o.error}
-            if done:
-                self._drop(done)
+        try:
+            with torch.inference_mode():
+                if leaving:
+                    self._drop(set(leaving))
+                rows, prompts = self._joiners(joining, outputs)
+                if self._rows:
+                    outputs += self._decode()
+                if rows:
+                    outputs += self._prefill(rows, prompts)
+                done = {o.seq_id for o in outputs if o.finish_reason is not None or o.error}
+                if done:
+                    self._drop(done)
+        except torch.OutOfMemoryError as exc:
+            return self._out_of_memory(joining, outputs, exc)
         return outputs
+
+    def _out_of_memory(
+        self,
+        joining: Sequence[tuple[str, ExecuteBatch]],
+        outputs: list[SequenceOutput],
+        exc: BaseException,
+    ) -> list[SequenceOutput]:
+        """The step ran out of device memory: every sequence of the step fails with a
+        typed, retryable error (those that finished or failed earlier in it keep their
+        outputs), the batch and the prefix cache are dropped and the allocator's cached
+        memory is released, so the next step starts from an empty batch."""
+        ended = [o for o in outputs if o.finish_reason is not None or o.error is not None]
+        settled = {o.seq_id for o in ended}
+        failing = [r.seq_id for r in self._rows if r.seq_id not in settled]
+        failing += [s for s, _ in joining if s not in settled and s not in failing]
+        tokens = sum(r.pos for r in self._rows)
+        log.error(
+            "torch deployment %r: out of memory on %s in a step of %d sequences (%d tokens): "
+            "%s; failing them and releasing the cached memory",
+            self.name,
+            self.device,
+            len(failing),
+            tokens,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
+        self._reset()
+        self._prefixes.clear()
+        if self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        error = out_of_memory(
+            name=self.name,
+            device=self.device,
+            sequences=len(failing),
+            tokens=tokens,
+            lower_dtype=f'the dtype (runtime_config.dtype = "bfloat16" or "float16"; now {dtype})',
+        )
+        return ended + [SequenceOutput(seq_id=s, error=error) for s in failing]
 
     def _new_row(self, seq_id: str, batch: ExecuteBatch, prompt_len: int) -> _Row:
         s = batch.sampling
@@ -333,9 +376,11 @@ class TorchCausalLM:
             r.pos += 1
         return self._advance(rows, logits)
 
-    def _prefill(self, joining: Sequence[tuple[str, ExecuteBatch]]) -> list[SequenceOutput]:
-        torch = self._torch
-        outputs: list[SequenceOutput] = []
+    def _joiners(
+        self, joining: Sequence[tuple[str, ExecuteBatch]], outputs: list[SequenceOutput]
+    ) -> tuple[list[_Row], list[list[int]]]:
+        """Rows and prompts of the joiners; one that cannot join fails alone (its error
+        goes to ``outputs``)."""
         rows: list[_Row] = []
         prompts: list[list[int]] = []
         for seq_id, batch in joining:
@@ -347,8 +392,10 @@ class TorchCausalLM:
                 continue
             prompts.append(ids)
             rows[-1].prompt = list(ids)
-        if not rows:
-            return outputs
+        return rows, prompts
+
+    def _prefill(self, rows: list[_Row], prompts: list[list[int]]) -> list[SequenceOutput]:
+        torch = self._torch
         prefix = self._shared_prefix(prompts)
         if prefix:
             ids, mask, positions, past_keys, past_values = self._after_prefix(prefix, prompts)
@@ -364,7 +411,7 @@ class TorchCausalLM:
             past_keys, past_values = [], []
         logits, keys, values = self._forward(ids, mask, positions, past_keys, past_values)
         self._merge(rows, keys, values, mask)
-        return outputs + self._advance(rows, logits)
+        return self._advance(rows, logits)
 
     def _draft_room(self, row: _Row) -> int:
         """Draft tokens ``row`` may take: within the output and the context window."""

@@ -56,3 +56,65 @@ def test_float32_on_the_gpu_matches_the_cpu_greedy_text(tiny_gpt2: Path) -> None
     gpu.load()
     batches = [_chat(i) for i in range(4)]
     assert _run(gpu, batches) == _run(cpu, batches)
+
+
+def _long_chat(i: int) -> ExecuteBatch:
+    """A chat request whose prompt takes about half of the tiny model's 128 positions."""
+    return ExecuteBatch(
+        request_id=f"long{i}",
+        model="tiny",
+        messages=[Message(role="user", content=f"the cat {i} sat on the mat " * 8)],
+        sampling=SamplingParams(temperature=0.0, max_tokens=4),
+    )
+
+
+async def test_really_running_out_of_gpu_memory_fails_the_step_and_keeps_serving(
+    tiny_gpt2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caching allocator is capped at what it holds after loading, so the prefill of
+    16 long prompts really fails to allocate (its logits alone need new memory); the cap
+    is lifted and the next request is served by the same runner."""
+    import trio
+
+    from atomr_infer_core import Deployment, Tokens
+    from atomr_infer_core.errors import DeviceOutOfMemoryError
+    from atomr_infer_runtimes._batching import LocalEngineRunner
+
+    model = TorchCausalLM(TorchConfig(device="cuda:0", dtype="float32"), weights=str(tiny_gpt2))
+    model.load()
+    released: list[None] = []
+    real_empty_cache = torch.cuda.empty_cache
+
+    def empty_cache() -> None:
+        released.append(None)
+        real_empty_cache()
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    runner = LocalEngineRunner(model, Deployment(name="tiny", model="tiny", runtime="torch"))
+    total = torch.cuda.get_device_properties(0).total_memory
+    failures: list[DeviceOutOfMemoryError] = []
+
+    async def one(i: int) -> None:
+        try:
+            async with runner.execute(_long_chat(i)) as chunks:
+                [c async for c in chunks]
+        except DeviceOutOfMemoryError as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        real_empty_cache()
+        torch.cuda.set_per_process_memory_fraction(torch.cuda.memory_reserved(0) / total, 0)
+        try:
+            async with trio.open_nursery() as requests:
+                for i in range(16):
+                    requests.start_soon(one, i)
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, 0)
+        async with runner.execute(_chat(0)) as chunks:
+            served = Tokens.from_chunks([c async for c in chunks])
+        nursery.cancel_scope.cancel()
+    assert failures, "the capped allocator should have refused the prefill"
+    assert "serving.max_concurrent" in failures[0].message
+    assert released  # the cached memory was released
+    assert served.usage.output_tokens > 0
