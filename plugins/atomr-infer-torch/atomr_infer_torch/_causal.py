@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,19 @@ def lookup_draft(tokens: Sequence[int], k: int, *, longest: int = 3) -> list[int
 #: shortest shared prompt prefix worth caching, and how many prefixes are kept
 MIN_PREFIX_TOKENS = 8
 PREFIX_CACHE_ENTRIES = 8
+#: recent prompts (token ids only) a lone joiner is compared with: a prefix it shares
+#: with one of them is cached, though the two requests never joined one step
+RECENT_PROMPTS = 16
+
+
+def _common_length(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` share, at most ``limit``."""
+    n = 0
+    for x, y in zip(a[:limit], b[:limit], strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 @attrs.define(eq=False)
@@ -133,6 +146,7 @@ class TorchCausalLM:
         #: the keyword this model's forward takes its cache under (set by ``load``)
         self._cache_argument = "past_key_values"
         self._prefixes: OrderedDict[tuple[int, ...], tuple[list[Any], list[Any]]] = OrderedDict()
+        self._recent: deque[tuple[int, ...]] = deque(maxlen=RECENT_PROMPTS)
         #: compiled grammars for this tokenizer (built at the first constrained request)
         self._grammars: GrammarCompiler | None = None
         #: prompt-lookup draft tokens proposed and accepted so far
@@ -180,6 +194,7 @@ class TorchCausalLM:
         )
         self._grammars = None
         self._prefixes.clear()
+        self._recent.clear()
         self._reset()
         log.info(
             "torch deployment %r: loaded %s on %s (%s)", self.name, self.path, self.device, dtype
@@ -397,6 +412,8 @@ class TorchCausalLM:
     def _prefill(self, rows: list[_Row], prompts: list[list[int]]) -> list[SequenceOutput]:
         torch = self._torch
         prefix = self._shared_prefix(prompts)
+        if self.config.prefix_cache:
+            self._recent.extend(tuple(p) for p in prompts)
         if prefix:
             ids, mask, positions, past_keys, past_values = self._after_prefix(prefix, prompts)
         else:
@@ -496,6 +513,9 @@ class TorchCausalLM:
     def _shared_prefix(self, prompts: list[list[int]]) -> tuple[int, ...]:
         """A prompt prefix every joiner starts with (a system prompt, a chat template's
         preamble) whose keys and values are cached or worth caching; empty for none.
+        Worth caching: at least ``MIN_PREFIX_TOKENS`` shared by all joiners, or, for a
+        lone joiner, shared with one of the last ``RECENT_PROMPTS`` prompts (requests
+        that arrive one by one, as cache-aware routing sends them to one replica).
 
         The prefix always leaves at least one token of each prompt to prefill, so the
         next-token logits come from this step's forward pass.
@@ -508,10 +528,13 @@ class TorchCausalLM:
             if n <= limit and all(tuple(p[:n]) == cached for p in prompts):
                 self._prefixes.move_to_end(cached)
                 return cached
-        if len(prompts) < 2:
-            return ()
-        common = 0
         first = prompts[0]
+        if len(prompts) < 2:
+            # a lone joiner: the longest prefix it shares with a recent prompt (the
+            # request before it carried the same system prompt, in an earlier step)
+            common = max((_common_length(first, seen, limit) for seen in self._recent), default=0)
+            return tuple(first[:common]) if common >= MIN_PREFIX_TOKENS else ()
+        common = 0
         while common < limit and all(p[common] == first[common] for p in prompts):
             common += 1
         return tuple(first[:common]) if common >= MIN_PREFIX_TOKENS else ()
