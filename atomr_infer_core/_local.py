@@ -149,20 +149,18 @@ class StepModel(Protocol):
         ...
 
 
-def out_of_memory(
-    *, name: str, device: str, sequences: int, tokens: int, lower_dtype: str
-) -> DeviceOutOfMemoryError:
-    """The typed error for the sequences of a step that ran out of device memory.
+def out_of_memory(*, name: str, device: str, work: str, lower_dtype: str) -> DeviceOutOfMemoryError:
+    """The typed error for the requests of a step that ran out of device memory.
 
-    ``tokens`` is what the step's batch held (prompts and output so far); ``lower_dtype``
-    says how this runtime takes less memory per weight and cached token. The device's
-    own message (allocator statistics) stays in the log, not in the client's error.
+    ``work`` says what the step carried (``"a step of 3 sequence(s) (the batch held 900
+    tokens)"``, ``"embedding 64 texts"``); ``lower_dtype`` how this runtime takes less
+    memory per weight and cached token. The device's own message (allocator statistics)
+    stays in the log, not in the client's error.
     """
     return DeviceOutOfMemoryError(
-        f"local deployment {name!r} ran out of memory on {device} in a step of "
-        f"{sequences} sequence(s) (the batch held {tokens} tokens); the batch was dropped and the "
-        "cached device memory released, so a retry may fit. To fit more, lower "
-        "serving.max_concurrent (or runtime_config.max_batch_size), the requests' "
+        f"local deployment {name!r} ran out of memory on {device} in {work}; the batch was "
+        "dropped and the cached device memory released, so a retry may fit. To fit more, "
+        "lower serving.max_concurrent (or runtime_config.max_batch_size), the requests' "
         f"max_tokens, or {lower_dtype}"
     )
 

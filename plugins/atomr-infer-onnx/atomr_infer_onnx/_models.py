@@ -51,6 +51,12 @@ __all__ = ["OnnxCausalLM", "OnnxEncoder", "locate_model", "model_task"]
 
 log = logging.getLogger("atomr_infer.onnx")
 
+#: how an onnx deployment takes less memory (the end of an out-of-memory error's advice)
+_LOWER_PRECISION = (
+    "the precision (export-onnx writes float32 graphs; the torch runtime serves the same "
+    'weights with runtime_config.dtype = "bfloat16")'
+)
+
 
 def locate_model(path: str) -> tuple[Path, Path]:
     """``(model.onnx, tokenizer folder)`` for a folder or a ``.onnx`` file."""
@@ -185,6 +191,29 @@ class OnnxEncoder(_OnnxBase):
         return [SequenceOutput(seq_id=seq_id, error=error) for seq_id, _ in joining]
 
     def embed(self, inputs: Sequence[str], dimensions: int | None = None) -> list[list[float]]:
+        try:
+            return self._embed(inputs, dimensions)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            # the engine fails this call's requests with it and keeps serving
+            device = "cuda:0" if "CUDAExecutionProvider" in self.execution_providers else "cpu"
+            log.error(
+                "onnx deployment %r: out of memory on %s embedding %d texts: %s",
+                self.name,
+                device,
+                len(inputs),
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            self._shrink_next = True
+            raise out_of_memory(
+                name=self.name,
+                device=device,
+                work=f"embedding {len(inputs)} texts",
+                lower_dtype=_LOWER_PRECISION,
+            ) from None
+
+    def _embed(self, inputs: Sequence[str], dimensions: int | None) -> list[list[float]]:
         import numpy as np
 
         vectors: list[list[float]] = []
@@ -405,12 +434,8 @@ class OnnxCausalLM(_OnnxBase):
         error = out_of_memory(
             name=self.name,
             device=device,
-            sequences=len(failing),
-            tokens=tokens,
-            lower_dtype=(
-                "the precision (export-onnx writes float32 graphs; the torch runtime "
-                'serves the same weights with runtime_config.dtype = "bfloat16")'
-            ),
+            work=f"a step of {len(failing)} sequence(s) (the batch held {tokens} tokens)",
+            lower_dtype=_LOWER_PRECISION,
         )
         return ended + [SequenceOutput(seq_id=s, error=error) for s in failing]
 

@@ -124,3 +124,34 @@ async def test_the_steps_sequences_fail_typed_and_a_waiting_request_is_served(
     shrink = [o for o in session.runs if o is not None]
     assert len(shrink) == 1 and session.runs[3] is shrink[0]
     assert shrink[0].get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+
+
+async def test_an_embedding_call_that_runs_out_of_memory_fails_alone(
+    tiny_models: dict[str, Path],
+) -> None:
+    from atomr_infer_onnx import OnnxEncoder
+
+    path = tiny_models["encoder-onnx"]
+    model = OnnxEncoder(
+        OnnxConfig(path=str(path), providers=("CPUExecutionProvider",)), path=str(path)
+    )
+    runner = LocalEngineRunner(model, Deployment(name="mini", model="mini", runtime="onnx"))
+
+    def embedding(i: int) -> ExecuteBatch:
+        return ExecuteBatch(
+            request_id=f"e{i}", model="mini", kind="embedding", inputs=["a cat", "a dog"]
+        )
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)  # loads the model: a fresh session
+        session = _Session(model.session, call=1)
+        model.session = session
+        with pytest.raises(DeviceOutOfMemoryError, match="embedding 2 texts"):
+            async with runner.execute(embedding(0)) as chunks:
+                [c async for c in chunks]
+        async with runner.execute(embedding(1)) as chunks:
+            (chunk,) = [c async for c in chunks]
+        nursery.cancel_scope.cancel()
+    assert chunk.embeddings is not None and len(chunk.embeddings) == 2
+    assert model.session is session  # not rebuilt
+    assert session.runs[0] is None and session.runs[1] is not None  # the arenas shrank

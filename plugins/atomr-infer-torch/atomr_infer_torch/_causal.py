@@ -308,8 +308,7 @@ class TorchCausalLM:
         error = out_of_memory(
             name=self.name,
             device=self.device,
-            sequences=len(failing),
-            tokens=tokens,
+            work=f"a step of {len(failing)} sequence(s) (the batch held {tokens} tokens)",
             lower_dtype=f'the dtype (runtime_config.dtype = "bfloat16" or "float16"; now {dtype})',
         )
         return ended + [SequenceOutput(seq_id=s, error=error) for s in failing]

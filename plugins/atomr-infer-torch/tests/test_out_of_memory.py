@@ -145,3 +145,49 @@ def test_an_error_that_is_not_out_of_memory_still_breaks_the_step(
     monkeypatch.setattr(model, "_forward", broken)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         model.step([("a", _batch(0))], [])
+
+
+class _FailingOnce:
+    """The encoder's real module; its first call raises the real OOM class."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise torch.cuda.OutOfMemoryError(OOM)
+        return self.real(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+async def test_an_embedding_call_that_runs_out_of_memory_fails_alone(
+    tiny_encoder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from atomr_infer_torch import TorchEncoder
+
+    model = TorchEncoder(TorchConfig(device="cpu", task="embed"), weights=str(tiny_encoder))
+    rebuilds: list[object] = []
+    monkeypatch.setattr(model, "rebuild", rebuilds.append)
+    runner = LocalEngineRunner(model, Deployment(name="mini", model="mini", runtime="torch"))
+
+    def embedding(i: int) -> ExecuteBatch:
+        return ExecuteBatch(
+            request_id=f"e{i}", model="mini", kind="embedding", inputs=["a cat", "a dog"]
+        )
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)  # loads the model
+        model.model = _FailingOnce(model.model)
+        with pytest.raises(DeviceOutOfMemoryError, match="embedding 2 texts") as caught:
+            async with runner.execute(embedding(0)) as chunks:
+                [c async for c in chunks]
+        async with runner.execute(embedding(1)) as chunks:
+            (chunk,) = [c async for c in chunks]
+        nursery.cancel_scope.cancel()
+    assert "runtime_config.dtype" in caught.value.message
+    assert chunk.embeddings is not None and len(chunk.embeddings) == 2
+    assert rebuilds == []
