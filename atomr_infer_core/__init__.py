@@ -53,6 +53,7 @@ from ._local import (
     StopScanner as StopScanner,
     advance_sequence as advance_sequence,
     hold_tool_call as hold_tool_call,
+    out_of_memory as out_of_memory,
     render_prompt as render_prompt,
     resolve_sampling as resolve_sampling,
 )
@@ -175,6 +176,7 @@ __all__ = [
     "hold_tool_call",
     "hookimpl",
     "infer_runtime",
+    "out_of_memory",
     "output_constraint",
     "register_model_patterns",
     "render_prompt",

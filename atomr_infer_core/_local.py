@@ -23,6 +23,7 @@ from ._kinds import RuntimeKind, TransportKind
 from ._messages import ExecuteBatch, RequestKind, SamplingParams
 from ._runner import SessionRebuildCause
 from ._tokens import FinishReason, TokenUsage
+from .errors import DeviceOutOfMemoryError
 
 __all__ = [
     "LOCAL_DECODER_FEATURES",
@@ -33,6 +34,7 @@ __all__ = [
     "StopScanner",
     "advance_sequence",
     "hold_tool_call",
+    "out_of_memory",
     "render_prompt",
     "resolve_sampling",
 ]
@@ -132,7 +134,10 @@ class StepModel(Protocol):
         """Drop ``leaving`` (cancelled; free their slots and caches), prefill ``joining``,
         then advance every active sequence by one token. Returns one output per active
         sequence that produced something or finished. Raising means the session is
-        broken: every active sequence fails and the engine calls :meth:`rebuild`."""
+        broken: every active sequence fails and the engine calls :meth:`rebuild`.
+        Running out of device memory is not a broken session: the model drops its
+        batch, frees the cached memory and returns :func:`out_of_memory`'s error for
+        every sequence of the step (the engine keeps serving, nothing is rebuilt)."""
         ...
 
     def embed(self, inputs: Sequence[str], dimensions: int | None = None) -> list[list[float]]:
@@ -142,6 +147,22 @@ class StepModel(Protocol):
     def rebuild(self, cause: SessionRebuildCause) -> None:
         """Drop every sequence and rebuild the model session (blocking)."""
         ...
+
+
+def out_of_memory(*, name: str, device: str, work: str, lower_dtype: str) -> DeviceOutOfMemoryError:
+    """The typed error for the requests of a step that ran out of device memory.
+
+    ``work`` says what the step carried (``"a step of 3 sequence(s) (the batch held 900
+    tokens)"``, ``"embedding 64 texts"``); ``lower_dtype`` how this runtime takes less
+    memory per weight and cached token. The device's own message (allocator statistics)
+    stays in the log, not in the client's error.
+    """
+    return DeviceOutOfMemoryError(
+        f"local deployment {name!r} ran out of memory on {device} in {work}; the batch was "
+        "dropped and the cached device memory released, so a retry may fit. To fit more, "
+        "lower serving.max_concurrent (or runtime_config.max_batch_size), the requests' "
+        f"max_tokens, or {lower_dtype}"
+    )
 
 
 class StopScanner:

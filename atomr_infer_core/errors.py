@@ -8,7 +8,8 @@
     ├── BudgetExceededError             429 insufficient_quota, our budget    -
     ├── CircuitOpenError                503; truthful opened_at / retry_at    -
     ├── CapacityExhaustedError          503 (backpressure: queue full, reject policy)
-    │   └── DrainingError               503; the deployment is shutting down
+    │   ├── DrainingError               503; the deployment is shutting down
+    │   └── DeviceOutOfMemoryError      503; a local model's GPU ran out of memory (the step's sequences)
     ├── ContentFilteredError            400 content_filter                    -
     ├── ContextLengthExceededError      400 context_length_exceeded           -
     ├── BadRequestError                 400; ``param`` names the field        -
@@ -47,6 +48,7 @@ __all__ = [
     "ContentFilteredError",
     "ContextLengthExceededError",
     "DeploymentFailedError",
+    "DeviceOutOfMemoryError",
     "DrainingError",
     "ForbiddenError",
     "InferenceError",
@@ -227,6 +229,19 @@ class DeploymentFailedError(CapacityExhaustedError):
 
     kind = "deployment_failed"
     code = "deployment_failed"
+
+
+class DeviceOutOfMemoryError(CapacityExhaustedError):
+    """A local model's device (a GPU) ran out of memory during a step.
+
+    The sequences of that step fail with it; the model frees its batch and the cached
+    device memory and keeps serving, so a retry (or a fallback) may succeed. The message
+    says what to lower: ``serving.max_concurrent``, ``max_tokens``, the dtype. A capacity
+    error (503 with ``x-should-retry: true``), not a broken session: nothing is rebuilt.
+    """
+
+    kind = "device_out_of_memory"
+    code = "device_out_of_memory"
 
 
 class ContentFilteredError(InferenceError):

@@ -13,7 +13,9 @@ A request's handle owns nothing but its receive channel: leaving the ``async wit
 (normally, by an error, or by cancellation) marks its sequence as leaving, and the next
 step frees its slot and cache. A step that raises fails only the sequences in that step
 with :class:`~atomr_infer_core.errors.SessionPoisonedError`; the loop rebuilds the model
-session and keeps serving. When the loop stops, every request still waiting or running
+session and keeps serving. Running out of device memory is not a broken session: the
+model fails that step's sequences with ``DeviceOutOfMemoryError`` itself (a per-sequence
+error), so nothing is rebuilt. When the loop stops, every request still waiting or running
 fails with a typed error instead of hanging.
 """
 

@@ -1,7 +1,8 @@
 """Local continuous batching vs plain transformers generate, for SmolLM2-135M on this machine.
 
     .venv/bin/python bench/local.py [--new-tokens 64] [--levels 1,4,16] [--sequential 4]
-        [--constrained] [--no-baselines]
+        [--constrained] [--no-baselines] [--device cpu|cuda|auto]
+    .venv/bin/python bench/local.py --cache-aware [--waves 4] [--wave-size 2] [--device ...]
 
 Prints aggregate tokens/s and p50/p99 time to first token at each concurrency level,
 through the torch plugin's step model served by ``LocalEngineRunner`` (continuous
@@ -11,6 +12,16 @@ same process, greedy, exactly ``--new-tokens`` tokens per request (end-of-sequen
 ignored on both sides so every row does the same work). ``--constrained`` adds a row at the
 highest level where every other request carries a ``response_format`` json_schema (an
 array of at least 64 digits, so constrained rows do the same number of steps).
+``--device`` goes to the torch runtime's ``runtime_config.device`` (``cuda`` is refused
+up front when torch sees no GPU; ``auto`` takes the GPU when there is one, in bfloat16).
+
+``--cache-aware`` measures time to first token on a deployment of 2 replicas of the
+embedded smollm2 whose requests share one ~300-token system prompt, once with
+``serving.routing = "cache_aware"`` and once with ``"least_outstanding"``: ``--waves``
+waves of ``--wave-size`` requests sent together (each wave after the last one ended),
+after one warm-up request per replica. A replica caches a prompt prefix that two
+requests joining one step share (or reuses one it cached), so the routing decides
+whether requests sharing the system prompt meet on a replica that holds it.
 """
 
 from __future__ import annotations
@@ -25,12 +36,21 @@ from datetime import date
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import attrs
 import trio
 
-from atomr_infer_core import ExecuteBatch, Message, SamplingParams, Serving
+from atomr_infer_core import (
+    Deployment,
+    ExecuteBatch,
+    Message,
+    ReplicaRouting,
+    SamplingParams,
+    Serving,
+)
 from atomr_infer_core.config import structure
+from atomr_infer_runtimes import Cluster, open_cluster
 from atomr_infer_runtimes._batching import LocalEngineRunner
-from atomr_infer_torch import DEFAULT_DEPLOYMENTS, TorchCausalLM, TorchConfig
+from atomr_infer_torch import DEFAULT_DEPLOYMENTS, TorchCausalLM, TorchConfig, _plugin
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -109,13 +129,134 @@ async def engine_level(
     return trio.current_time() - start, ttfts, tokens
 
 
+#: the system prompt every ``--cache-aware`` request carries (about 300 SmolLM2 tokens)
+SYSTEM_PROMPT = (
+    "You are the support assistant of Northwind Outfitters, a shop for hiking, camping "
+    "and climbing gear with stores in Lyon, Grenoble and Annecy and a web shop that ships "
+    "across the European Union. Answer in at most three short sentences, in the language "
+    "of the question, politely and without marketing phrases. Rules: never promise a "
+    "delivery date; say that orders placed before 2 pm on a working day usually leave the "
+    "warehouse the same day and that tracking links arrive by e-mail. Returns are free "
+    "within 30 days for unused items in their original packaging; worn shoes and opened "
+    "gas cartridges cannot be returned. Repairs of tents, backpacks and down jackets are "
+    "done in the Grenoble workshop and take two to three weeks; the customer pays only "
+    "the parts. Rental of tents, stoves and via ferrata kits is possible in every store "
+    "for one to fourteen days, with a deposit of 150 euros. Members of the Northwind "
+    "club get 10 percent off full-price items, free sharpening of ice axes and crampons, "
+    "and invitations to monthly route talks. Payment by card, bank transfer or gift card; "
+    "no cash on delivery. If a question is about safety on the mountain (weather, "
+    "avalanches, route conditions), recommend the local guides' office and the official "
+    "forecast instead of giving advice yourself. If you do not know the answer, say so and "
+    "give the address support@northwind.example and the phone line, open Monday to "
+    "Saturday from 9 am to 6 pm."
+)
+
+
+def cache_batch(i: int, new_tokens: int) -> ExecuteBatch:
+    return ExecuteBatch(
+        request_id=f"c{i}",
+        model="smollm2",
+        messages=[
+            Message(role="system", content=SYSTEM_PROMPT),
+            Message(role="user", content=QUESTIONS[i % len(QUESTIONS)]),
+        ],
+        sampling=SamplingParams(temperature=0.0, max_tokens=new_tokens),
+        stream=True,
+    )
+
+
+async def cache_variant(
+    routing: ReplicaRouting, device: str, waves: int, wave_size: int, new_tokens: int
+) -> tuple[list[float], list[int], int]:
+    """TTFTs of ``waves`` waves on 2 replicas routed by ``routing``; also each replica's
+    cached prefixes and the system prompt's tokens."""
+    base = DEFAULT_DEPLOYMENTS[0]
+    dep = Deployment(
+        name=base.name,
+        model=base.model,
+        runtime=base.runtime,
+        runtime_config={**base.runtime_config, "device": device},
+        replicas=2,
+        serving=Serving(max_concurrent=max(2, wave_size), routing=routing),
+    )
+    ttfts: list[float] = []
+
+    async def one(cluster: Cluster, batch: ExecuteBatch, out: list[float]) -> None:
+        start = trio.current_time()
+        first = None
+        async with cluster.execute(batch) as chunks:
+            async for _chunk in chunks:
+                if first is None:
+                    first = trio.current_time() - start
+        out.append(first or 0.0)
+
+    async with open_cluster([dep], plugins=[_plugin], load_entry_points=False) as cluster:
+        async with trio.open_nursery() as nursery:  # warm-up: one request per replica
+            for i in range(2):
+                warm = without_system(cache_batch(100 + i, 2))
+                nursery.start_soon(one, cluster, warm, [])
+        for wave in range(waves):
+            async with trio.open_nursery() as nursery:
+                for j in range(wave_size):
+                    batch = cache_batch(wave * wave_size + j, new_tokens)
+                    nursery.start_soon(one, cluster, batch, ttfts)
+        runtime = cluster.find_runtime(dep.name)
+        assert runtime is not None
+        models = [slot.runner.model for slot in runtime.replicas]  # type: ignore[attr-defined]
+        system = len(models[0].tokenizer(SYSTEM_PROMPT)["input_ids"])
+        return ttfts, [len(m._prefixes) for m in models], system
+
+
+def without_system(batch: ExecuteBatch) -> ExecuteBatch:
+    """``batch`` without its system prompt (warm-up requests must not seed the cache)."""
+    return attrs.evolve(batch, messages=batch.messages[1:] if batch.messages else None)
+
+
+def cache_aware_main(args: argparse.Namespace) -> None:
+    import torch
+
+    rows = []
+    for routing in (ReplicaRouting.CACHE_AWARE, ReplicaRouting.LEAST_OUTSTANDING):
+        ttfts, cached, system = trio.run(
+            cache_variant, routing, args.device, args.waves, args.wave_size, args.new_tokens
+        )
+        rows.append((routing.value, ttfts, cached))
+        print(f"{routing.value}: {[round(t, 3) for t in ttfts]}", file=sys.stderr)
+    print(
+        f"# bench/local.py --cache-aware  {date.today()}  SmolLM2-135M-Instruct on "
+        f"{args.device}, 2 replicas, system prompt {system} tokens, {args.waves} waves of "
+        f"{args.wave_size} requests, {args.new_tokens} new tokens, greedy"
+    )
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"python {platform.python_version()}"
+    )
+    header = ("serving.routing", "requests", "TTFT p50 s", "TTFT p95 s", "prefixes cached")
+    table = [header, tuple("-" * len(h) for h in header)]
+    for name, ttfts, cached in rows:
+        table.append(
+            (
+                name,
+                str(len(ttfts)),
+                f"{percentile(ttfts, 0.5):.3f}",
+                f"{percentile(ttfts, 0.95):.3f}",
+                " + ".join(str(c) for c in cached),
+            )
+        )
+    widths = [max(len(r[k]) for r in table) for k in range(5)]
+    for row in table:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
 def generate_inputs(model: TorchCausalLM, indices: list[int], new_tokens: int) -> list:
     from atomr_infer_torch import render_prompt
 
     tok = model.tokenizer
     tok.padding_side = "left"
     texts = [render_prompt(tok, batch_for(i, new_tokens))[0] for i in indices]
-    return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    inputs = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return inputs.to(model.device)
 
 
 def hf_generate(model: TorchCausalLM, indices: list[int], new_tokens: int) -> tuple[float, int]:
@@ -155,6 +296,21 @@ def main() -> None:
     parser.add_argument(
         "--no-baselines", action="store_true", help="skip the transformers generate rows"
     )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="runtime_config.device of the torch runtime (auto: the GPU when there is one)",
+    )
+    parser.add_argument(
+        "--cache-aware",
+        action="store_true",
+        help="TTFT on 2 replicas sharing a system prompt: cache_aware vs least_outstanding",
+    )
+    parser.add_argument("--waves", type=int, default=4, help="--cache-aware: request waves")
+    parser.add_argument(
+        "--wave-size", type=int, default=2, help="--cache-aware: requests sent together"
+    )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     n = args.new_tokens
@@ -162,13 +318,22 @@ def main() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"--device cuda: torch {torch.__version__} sees no usable GPU "
+            f"({torch.cuda.device_count()} devices; a CPU-only wheel, or no driver); "
+            "use --device cpu or auto"
+        )
     hf_logging.set_verbosity_error()
+    if args.cache_aware:
+        cache_aware_main(args)
+        return
     base = DEFAULT_DEPLOYMENTS[0]
     dep = type(base)(
         name=base.name,
         model=base.model,
         runtime=base.runtime,
-        runtime_config=base.runtime_config,
+        runtime_config={**base.runtime_config, "device": args.device},
         serving=Serving(max_concurrent=max(levels)),
     )
     config = structure(dict(dep.runtime_config), TorchConfig)
@@ -238,8 +403,9 @@ def main() -> None:
     trio.run(everything)
 
     print(
-        f"# bench/local.py  {date.today()}  SmolLM2-135M-Instruct fp32, {n} new tokens, "
-        f"greedy, best of {args.rounds} rounds"
+        f"# bench/local.py  {date.today()}  SmolLM2-135M-Instruct on {model.device} "
+        f"({str(next(model.model.parameters()).dtype).removeprefix('torch.')}), {n} new "
+        f"tokens, greedy, best of {args.rounds} rounds"
     )
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "

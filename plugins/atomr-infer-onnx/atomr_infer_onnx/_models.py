@@ -32,6 +32,7 @@ from atomr_infer_core import (
     TransportKind,
     advance_sequence,
     hold_tool_call,
+    out_of_memory,
     output_constraint,
     render_prompt,
     resolve_sampling,
@@ -44,11 +45,17 @@ from atomr_infer_core.errors import (
 )
 
 from ._config import OnnxConfig, OnnxTask
-from ._session import open_session
+from ._session import is_out_of_memory, open_session, shrink_options
 
 __all__ = ["OnnxCausalLM", "OnnxEncoder", "locate_model", "model_task"]
 
 log = logging.getLogger("atomr_infer.onnx")
+
+#: how an onnx deployment takes less memory (the end of an out-of-memory error's advice)
+_LOWER_PRECISION = (
+    "the precision (export-onnx writes float32 graphs; the torch runtime serves the same "
+    'weights with runtime_config.dtype = "bfloat16")'
+)
 
 
 def locate_model(path: str) -> tuple[Path, Path]:
@@ -98,6 +105,8 @@ class _OnnxBase:
         self.execution_providers: tuple[str, ...] = ()
         #: set when a requested GPU provider is not in use
         self.provider_fallback: str | None = None
+        #: the next run gives the arenas' free memory back (set after running out of it)
+        self._shrink_next = False
 
     def load(self) -> None:
         from transformers import AutoTokenizer
@@ -141,6 +150,13 @@ class _OnnxBase:
         self.session = None
         self.load()
 
+    def _run(self, names: list[str], feed: dict[str, Any]) -> Any:
+        """``session.run``; the first run after an out-of-memory error shrinks the arenas."""
+        if not self._shrink_next:
+            return self.session.run(names, feed)
+        self._shrink_next = False
+        return self.session.run(names, feed, shrink_options(self.execution_providers))
+
     def _feed(self, ids: Any, mask: Any) -> dict[str, Any]:
         import numpy as np
 
@@ -175,6 +191,29 @@ class OnnxEncoder(_OnnxBase):
         return [SequenceOutput(seq_id=seq_id, error=error) for seq_id, _ in joining]
 
     def embed(self, inputs: Sequence[str], dimensions: int | None = None) -> list[list[float]]:
+        try:
+            return self._embed(inputs, dimensions)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            # the engine fails this call's requests with it and keeps serving
+            device = "cuda:0" if "CUDAExecutionProvider" in self.execution_providers else "cpu"
+            log.error(
+                "onnx deployment %r: out of memory on %s embedding %d texts: %s",
+                self.name,
+                device,
+                len(inputs),
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            self._shrink_next = True
+            raise out_of_memory(
+                name=self.name,
+                device=device,
+                work=f"embedding {len(inputs)} texts",
+                lower_dtype=_LOWER_PRECISION,
+            ) from None
+
+    def _embed(self, inputs: Sequence[str], dimensions: int | None) -> list[list[float]]:
         import numpy as np
 
         vectors: list[list[float]] = []
@@ -188,7 +227,7 @@ class OnnxEncoder(_OnnxBase):
                 return_tensors="np",
             )
             mask = enc["attention_mask"]
-            (hidden,) = self.session.run([self.output_name], self._feed(enc["input_ids"], mask))
+            (hidden,) = self._run([self.output_name], self._feed(enc["input_ids"], mask))
             weights = mask[..., None].astype(hidden.dtype)
             pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
             if dimensions is not None:
@@ -351,17 +390,54 @@ class OnnxCausalLM(_OnnxBase):
                 new_rows.append(self._new_row(seq_id, batch))
             except (BadRequestError, ContextLengthExceededError) as exc:
                 outputs.append(SequenceOutput(seq_id=seq_id, error=exc))
-        if self.kv_cache:
-            if self._rows:
-                outputs += self._decode()
-            if new_rows:
-                outputs += self._prefill(new_rows)
-        else:
-            self._rows += new_rows
-            if self._rows:
-                outputs += self._recompute()
+        try:
+            if self.kv_cache:
+                if self._rows:
+                    outputs += self._decode()
+                if new_rows:
+                    outputs += self._prefill(new_rows)
+            else:
+                self._rows += new_rows
+                if self._rows:
+                    outputs += self._recompute()
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            return self._out_of_memory(new_rows, outputs, exc)
         self._drop({o.seq_id for o in outputs if o.finish_reason is not None})
         return outputs
+
+    def _out_of_memory(
+        self, new_rows: list[_Row], outputs: list[SequenceOutput], exc: BaseException
+    ) -> list[SequenceOutput]:
+        """A run ran out of memory: every sequence of the step fails with a typed,
+        retryable error (those that finished or failed earlier in it keep their
+        outputs), the batch is dropped and the next run shrinks the arenas."""
+        ended = [o for o in outputs if o.finish_reason is not None or o.error is not None]
+        settled = {o.seq_id for o in ended}
+        rows = self._rows + [r for r in new_rows if r not in self._rows]
+        failing = [r.seq_id for r in rows if r.seq_id not in settled]
+        tokens = sum(len(r.tokens) for r in rows)
+        device = "cuda:0" if "CUDAExecutionProvider" in self.execution_providers else "cpu"
+        log.error(
+            "onnx deployment %r: out of memory on %s in a step of %d sequences (%d tokens): "
+            "%s; failing them and releasing the arenas' free memory",
+            self.name,
+            device,
+            len(failing),
+            tokens,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
+        self._rows = []
+        self._reset_cache()
+        self._shrink_next = True
+        error = out_of_memory(
+            name=self.name,
+            device=device,
+            work=f"a step of {len(failing)} sequence(s) (the batch held {tokens} tokens)",
+            lower_dtype=_LOWER_PRECISION,
+        )
+        return ended + [SequenceOutput(seq_id=s, error=error) for s in failing]
 
     def _recompute(self) -> list[SequenceOutput]:
         import numpy as np
@@ -369,7 +445,7 @@ class OnnxCausalLM(_OnnxBase):
         width = max(len(r.tokens) for r in self._rows)
         ids = np.array([[self.pad_id] * (width - len(r.tokens)) + r.tokens for r in self._rows])
         mask = np.array([[0] * (width - len(r.tokens)) + [1] * len(r.tokens) for r in self._rows])
-        (logits,) = self.session.run(["logits"], self._feed(ids, mask))
+        (logits,) = self._run(["logits"], self._feed(ids, mask))
         return self._advance(self._rows, logits[:, -1, :])
 
     def _run_cached(self, ids: Any, mask: Any, positions: Any, keys: Any, values: Any) -> Any:
@@ -382,7 +458,7 @@ class OnnxCausalLM(_OnnxBase):
             "past_keys": keys,
             "past_values": values,
         }
-        return self.session.run(["logits", "present_keys", "present_values"], feed)
+        return self._run(["logits", "present_keys", "present_values"], feed)
 
     def _decode(self) -> list[SequenceOutput]:
         import numpy as np

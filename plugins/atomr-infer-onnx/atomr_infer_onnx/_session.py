@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["open_session"]
+__all__ = ["is_out_of_memory", "open_session", "shrink_options"]
 
 log = logging.getLogger("atomr_infer.onnx")
 
@@ -49,3 +49,36 @@ def open_session(
         log.warning("%s", note)
     log.info("onnx deployment %r: execution providers in use: %s", name, ", ".join(in_use))
     return session, in_use, note
+
+
+#: what ONNX Runtime's allocators say when memory runs out (the BFC arena, CUDA, cuBLAS,
+#: cuDNN); it raises RuntimeException or Fail with one of these in the message
+_OUT_OF_MEMORY = (
+    "failed to allocate memory",
+    "out of memory",
+    "cudaerrormemoryallocation",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised by ``session.run``) is ONNX Runtime running out of memory."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
+
+    if not isinstance(exc, Fail | RuntimeException):
+        return False
+    text = str(exc).lower()
+    return any(marker in text for marker in _OUT_OF_MEMORY)
+
+
+def shrink_options(providers: Sequence[str]) -> Any:
+    """Run options that give the arenas' free memory back to the device at the end of
+    the run (``memory.enable_memory_arena_shrinkage``): the first run after an
+    out-of-memory error uses them, as ``torch.cuda.empty_cache()`` in the torch runtime."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    devices = "gpu:0" if "CUDAExecutionProvider" in providers else "cpu:0"
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", devices)
+    return options

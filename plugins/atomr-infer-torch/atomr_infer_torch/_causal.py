@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from atomr_infer_core import (
     TransportKind,
     advance_sequence,
     hold_tool_call,
+    out_of_memory,
     output_constraint,
     render_prompt,
     resolve_sampling,
@@ -67,6 +68,19 @@ def lookup_draft(tokens: Sequence[int], k: int, *, longest: int = 3) -> list[int
 #: shortest shared prompt prefix worth caching, and how many prefixes are kept
 MIN_PREFIX_TOKENS = 8
 PREFIX_CACHE_ENTRIES = 8
+#: recent prompts (token ids only) a lone joiner is compared with: a prefix it shares
+#: with one of them is cached, though the two requests never joined one step
+RECENT_PROMPTS = 16
+
+
+def _common_length(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` share, at most ``limit``."""
+    n = 0
+    for x, y in zip(a[:limit], b[:limit], strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 @attrs.define(eq=False)
@@ -132,6 +146,7 @@ class TorchCausalLM:
         #: the keyword this model's forward takes its cache under (set by ``load``)
         self._cache_argument = "past_key_values"
         self._prefixes: OrderedDict[tuple[int, ...], tuple[list[Any], list[Any]]] = OrderedDict()
+        self._recent: deque[tuple[int, ...]] = deque(maxlen=RECENT_PROMPTS)
         #: compiled grammars for this tokenizer (built at the first constrained request)
         self._grammars: GrammarCompiler | None = None
         #: prompt-lookup draft tokens proposed and accepted so far
@@ -179,6 +194,7 @@ class TorchCausalLM:
         )
         self._grammars = None
         self._prefixes.clear()
+        self._recent.clear()
         self._reset()
         log.info(
             "torch deployment %r: loaded %s on %s (%s)", self.name, self.path, self.device, dtype
@@ -244,17 +260,58 @@ class TorchCausalLM:
     ) -> list[SequenceOutput]:
         torch = self._torch
         outputs: list[SequenceOutput] = []
-        with torch.inference_mode():
-            if leaving:
-                self._drop(set(leaving))
-            if self._rows:
-                outputs += self._decode()
-            if joining:
-                outputs += self._prefill(joining)
-            done = {o.seq_id for o in outputs if o.finish_reason is not None or o.error}
-            if done:
-                self._drop(done)
+        try:
+            with torch.inference_mode():
+                if leaving:
+                    self._drop(set(leaving))
+                rows, prompts = self._joiners(joining, outputs)
+                if self._rows:
+                    outputs += self._decode()
+                if rows:
+                    outputs += self._prefill(rows, prompts)
+                done = {o.seq_id for o in outputs if o.finish_reason is not None or o.error}
+                if done:
+                    self._drop(done)
+        except torch.OutOfMemoryError as exc:
+            return self._out_of_memory(joining, outputs, exc)
         return outputs
+
+    def _out_of_memory(
+        self,
+        joining: Sequence[tuple[str, ExecuteBatch]],
+        outputs: list[SequenceOutput],
+        exc: BaseException,
+    ) -> list[SequenceOutput]:
+        """The step ran out of device memory: every sequence of the step fails with a
+        typed, retryable error (those that finished or failed earlier in it keep their
+        outputs), the batch and the prefix cache are dropped and the allocator's cached
+        memory is released, so the next step starts from an empty batch."""
+        ended = [o for o in outputs if o.finish_reason is not None or o.error is not None]
+        settled = {o.seq_id for o in ended}
+        failing = [r.seq_id for r in self._rows if r.seq_id not in settled]
+        failing += [s for s, _ in joining if s not in settled and s not in failing]
+        tokens = sum(r.pos for r in self._rows)
+        log.error(
+            "torch deployment %r: out of memory on %s in a step of %d sequences (%d tokens): "
+            "%s; failing them and releasing the cached memory",
+            self.name,
+            self.device,
+            len(failing),
+            tokens,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
+        self._reset()
+        self._prefixes.clear()
+        if self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        error = out_of_memory(
+            name=self.name,
+            device=self.device,
+            work=f"a step of {len(failing)} sequence(s) (the batch held {tokens} tokens)",
+            lower_dtype=f'the dtype (runtime_config.dtype = "bfloat16" or "float16"; now {dtype})',
+        )
+        return ended + [SequenceOutput(seq_id=s, error=error) for s in failing]
 
     def _new_row(self, seq_id: str, batch: ExecuteBatch, prompt_len: int) -> _Row:
         s = batch.sampling
@@ -333,9 +390,11 @@ class TorchCausalLM:
             r.pos += 1
         return self._advance(rows, logits)
 
-    def _prefill(self, joining: Sequence[tuple[str, ExecuteBatch]]) -> list[SequenceOutput]:
-        torch = self._torch
-        outputs: list[SequenceOutput] = []
+    def _joiners(
+        self, joining: Sequence[tuple[str, ExecuteBatch]], outputs: list[SequenceOutput]
+    ) -> tuple[list[_Row], list[list[int]]]:
+        """Rows and prompts of the joiners; one that cannot join fails alone (its error
+        goes to ``outputs``)."""
         rows: list[_Row] = []
         prompts: list[list[int]] = []
         for seq_id, batch in joining:
@@ -347,9 +406,13 @@ class TorchCausalLM:
                 continue
             prompts.append(ids)
             rows[-1].prompt = list(ids)
-        if not rows:
-            return outputs
+        return rows, prompts
+
+    def _prefill(self, rows: list[_Row], prompts: list[list[int]]) -> list[SequenceOutput]:
+        torch = self._torch
         prefix = self._shared_prefix(prompts)
+        if self.config.prefix_cache:
+            self._recent.extend(tuple(p) for p in prompts)
         if prefix:
             ids, mask, positions, past_keys, past_values = self._after_prefix(prefix, prompts)
         else:
@@ -364,7 +427,7 @@ class TorchCausalLM:
             past_keys, past_values = [], []
         logits, keys, values = self._forward(ids, mask, positions, past_keys, past_values)
         self._merge(rows, keys, values, mask)
-        return outputs + self._advance(rows, logits)
+        return self._advance(rows, logits)
 
     def _draft_room(self, row: _Row) -> int:
         """Draft tokens ``row`` may take: within the output and the context window."""
@@ -449,6 +512,9 @@ class TorchCausalLM:
     def _shared_prefix(self, prompts: list[list[int]]) -> tuple[int, ...]:
         """A prompt prefix every joiner starts with (a system prompt, a chat template's
         preamble) whose keys and values are cached or worth caching; empty for none.
+        Worth caching: at least ``MIN_PREFIX_TOKENS`` shared by all joiners, or, for a
+        lone joiner, shared with one of the last ``RECENT_PROMPTS`` prompts (requests
+        that arrive one by one, as cache-aware routing sends them to one replica).
 
         The prefix always leaves at least one token of each prompt to prefill, so the
         next-token logits come from this step's forward pass.
@@ -461,10 +527,13 @@ class TorchCausalLM:
             if n <= limit and all(tuple(p[:n]) == cached for p in prompts):
                 self._prefixes.move_to_end(cached)
                 return cached
-        if len(prompts) < 2:
-            return ()
-        common = 0
         first = prompts[0]
+        if len(prompts) < 2:
+            # a lone joiner: the longest prefix it shares with a recent prompt (the
+            # request before it carried the same system prompt, in an earlier step)
+            common = max((_common_length(first, seen, limit) for seen in self._recent), default=0)
+            return tuple(first[:common]) if common >= MIN_PREFIX_TOKENS else ()
+        common = 0
         while common < limit and all(p[common] == first[common] for p in prompts):
             common += 1
         return tuple(first[:common]) if common >= MIN_PREFIX_TOKENS else ()

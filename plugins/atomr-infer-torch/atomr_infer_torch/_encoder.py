@@ -14,6 +14,7 @@ from atomr_infer_core import (
     SequenceOutput,
     SessionRebuildCause,
     TransportKind,
+    out_of_memory,
 )
 from atomr_infer_core.errors import BadRequestError
 
@@ -105,17 +106,36 @@ class TorchEncoder:
                 param="dimensions",
             )
         vectors: list[list[float]] = []
-        with torch.inference_mode():
-            for start in range(0, len(inputs), self.max_batch_size):
-                texts = list(inputs[start : start + self.max_batch_size])
-                enc = self.tokenizer(
-                    texts,
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                hidden = self.model(**enc).last_hidden_state
-                pooled = pool_embeddings(hidden, enc["attention_mask"], dimensions)
-                vectors += pooled.cpu().tolist()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(inputs), self.max_batch_size):
+                    texts = list(inputs[start : start + self.max_batch_size])
+                    enc = self.tokenizer(
+                        texts,
+                        padding=True,
+                        truncation=True,
+                        max_length=self.max_length,
+                        return_tensors="pt",
+                    ).to(self.device)
+                    hidden = self.model(**enc).last_hidden_state
+                    pooled = pool_embeddings(hidden, enc["attention_mask"], dimensions)
+                    vectors += pooled.cpu().tolist()
+        except torch.OutOfMemoryError as exc:
+            # the engine fails this call's requests with it and keeps serving
+            log.error(
+                "torch deployment %r: out of memory on %s embedding %d texts: %s",
+                self.name,
+                self.device,
+                len(inputs),
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+            raise out_of_memory(
+                name=self.name,
+                device=self.device,
+                work=f"embedding {len(inputs)} texts",
+                lower_dtype=f'the dtype (runtime_config.dtype = "float16"; now {dtype})',
+            ) from None
         return vectors

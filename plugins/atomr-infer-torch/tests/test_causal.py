@@ -237,6 +237,25 @@ def test_shared_prompt_prefix_is_cached_and_output_is_unchanged(tiny_gpt2: Path)
     assert len(cached._prefixes) == 1
 
 
+def test_a_prefix_shared_with_an_earlier_lone_request_is_cached(tiny_gpt2: Path) -> None:
+    """Requests that join one at a time (in different steps) still share their system
+    prompt: the second caches the prefix it shares with the first, the third reuses it."""
+    plain = _model(tiny_gpt2, prefix_cache=False)
+    cached = _model(tiny_gpt2)
+    prompts = [SYSTEM + f"user: {p}" for p in PROMPTS[:3]]
+    batches = [_batch(i, p, max_tokens=10) for i, p in enumerate(prompts)]
+    alone = [_run_alone(plain, b)[0] for b in batches]
+    first = _run_alone(cached, batches[0])[0]
+    assert not cached._prefixes  # nothing to share with yet
+    second = _run_alone(cached, batches[1])[0]
+    (prefix,) = cached._prefixes
+    assert len(prefix) >= len(cached.encode(_batch(9, SYSTEM))) - 1
+    assert cached.prompt_tokens(batches[2]) == len(cached.encode(batches[2])) - len(prefix)
+    third = _run_alone(cached, batches[2])[0]
+    assert [first, second, third] == alone
+    assert len(cached._prefixes) == 1
+
+
 def test_unset_sampling_fields_take_the_deployments_defaults(tiny_gpt2: Path) -> None:
     greedy, _ = _run_alone(_model(tiny_gpt2), _batch(0, PROMPTS[1]))
     unset = ExecuteBatch(
